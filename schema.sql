@@ -1,0 +1,101 @@
+-- statepipe schema, version 1.
+-- Applied automatically (under an advisory lock) by statepipe.store.database; the version row in
+-- statepipe.schema_version lets a later release migrate instead of re-creating.
+-- Hot rows (runs, steps) are kept small; outputs live once per attempt in statepipe.attempts.
+
+CREATE SCHEMA IF NOT EXISTS statepipe;
+
+CREATE TABLE IF NOT EXISTS statepipe.schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS statepipe.runs (
+    id               text COLLATE "C" PRIMARY KEY,
+    workflow         text NOT NULL,
+    workflow_ref     text NOT NULL,          -- how to load the definition again: "path.py:object"
+    state            text NOT NULL,
+    input            jsonb NOT NULL,
+    error            text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    last_seq         bigint NOT NULL DEFAULT 0,
+    -- ownership: one executor at a time; fencing_token grows with every claim
+    owner            text,
+    lease_expires_at timestamptz,
+    fencing_token    bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_created_idx ON statepipe.runs (created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_state_created_idx ON statepipe.runs (state, created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_workflow_created_idx ON statepipe.runs (workflow, created_at DESC);
+
+CREATE TABLE IF NOT EXISTS statepipe.steps (
+    run_id       text COLLATE "C" NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
+    name         text NOT NULL,
+    item         text NOT NULL DEFAULT '',   -- '' for a plain step, the item key for a fan-out child
+    item_index   integer,                    -- position of a fan-out child in its parent's list
+    fanout       boolean NOT NULL DEFAULT false, -- a map_over parent: its output is its children's
+    state        text NOT NULL,
+    depends_on   text[] NOT NULL DEFAULT '{}',
+    attempt      integer NOT NULL DEFAULT 0, -- number of the current attempt (0: none yet)
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    error        text,
+    next_attempt_at timestamptz,
+    PRIMARY KEY (run_id, name, item)
+);
+
+CREATE TABLE IF NOT EXISTS statepipe.attempts (
+    run_id       text COLLATE "C" NOT NULL,
+    step         text NOT NULL,
+    item         text NOT NULL DEFAULT '',
+    number       integer NOT NULL,
+    state        text NOT NULL,              -- running, succeeded, failed, abandoned
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz,
+    error        text,
+    output       jsonb,
+    PRIMARY KEY (run_id, step, item, number),
+    FOREIGN KEY (run_id, step, item) REFERENCES statepipe.steps (run_id, name, item) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS statepipe.events (
+    run_id   text COLLATE "C" NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
+    seq      bigint NOT NULL,
+    ts       timestamptz NOT NULL,
+    type     text NOT NULL,
+    step     text,
+    item     text,
+    attempt  integer,
+    data     jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, seq)
+);
+
+-- Appends events to a run under its fencing token and wakes listeners, in the caller's
+-- transaction. A stale owner (token moved on) gets SQLSTATE SP001 and its whole transaction
+-- rolls back, so nothing it wrote after losing the lease is kept.
+CREATE OR REPLACE FUNCTION statepipe.append_events(
+    p_run text, p_fence bigint, p_ts timestamptz[], p_type text[], p_step text[],
+    p_item text[], p_attempt integer[], p_data text[]
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(p_type);
+    v_last bigint;
+BEGIN
+    UPDATE statepipe.runs SET last_seq = last_seq + n, updated_at = now()
+     WHERE id = p_run AND fencing_token = p_fence
+    RETURNING last_seq INTO v_last;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lease lost on run %', p_run USING ERRCODE = 'SP001';
+    END IF;
+    INSERT INTO statepipe.events (run_id, seq, ts, type, step, item, attempt, data)
+    SELECT p_run, v_last - n + e.ord, e.ts, e.type, e.step, e.item, e.attempt, e.data::jsonb
+      FROM unnest(p_ts, p_type, p_step, p_item, p_attempt, p_data)
+           WITH ORDINALITY AS e(ts, type, step, item, attempt, data, ord);
+    PERFORM pg_notify('statepipe_' || replace(p_run, '-', ''), v_last::text);
+    RETURN v_last;
+END $$;
+
+INSERT INTO statepipe.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;

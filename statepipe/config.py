@@ -1,0 +1,35 @@
+"""Settings from flags and environment; nothing else reads os.environ for these."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+def data_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data: STATEPIPE_HOME, else the per-user data dir."""
+    home = os.environ.get("STATEPIPE_HOME")
+    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("statepipe"))
+
+
+def output_dir(flag: str | None = None) -> Path:
+    return Path(flag or os.environ.get("STATEPIPE_OUTPUT_DIR") or "output")
+
+
+def database_url(flag: str | None = None) -> str | None:
+    """An explicit PostgreSQL URL, or None for the embedded server."""
+    return flag or os.environ.get("STATEPIPE_DATABASE_URL") or None
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("STATEPIPE_LEASE_SECONDS", "15"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    output_dir: Path
+    verbose: bool = False

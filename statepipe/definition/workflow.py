@@ -1,0 +1,275 @@
+"""Workflow and step definitions.
+
+A step's parameters say what it receives: `ctx` gets the StepContext, `item` the element of a
+fan-out, a parameter named after another step gets that step's output (and makes it a
+dependency), `input` gets the whole run input, and any other name is read from the run input.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from statepipe.definition.policy import RetryPolicy
+from statepipe.errors import DefinitionError, InputError
+
+RESERVED_PARAMS = ("ctx", "item", "input")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    has_default: bool
+    default: Any = None
+
+
+@dataclass(eq=False)
+class Step:
+    """One named node of the DAG. Calling it calls the wrapped function, so steps stay testable."""
+
+    name: str
+    fn: Callable[..., Any]
+    after: tuple[str, ...] = ()
+    map_over: str | None = None
+    when: Callable[..., bool] | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    concurrency: int | None = None
+    item_key: Callable[[Any], str] | None = None
+    description: str = ""
+    params: tuple[Param, ...] = ()
+    is_async: bool = False
+    # resolved by Workflow.validate()
+    depends_on: tuple[str, ...] = field(default=())
+    input_params: tuple[Param, ...] = field(default=())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+def _params_of(fn: Callable[..., Any], what: str) -> tuple[Param, ...]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"{what}: cannot read its signature ({exc})") from exc
+    params = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise DefinitionError(f"{what}: *args/**kwargs are not supported; name each input")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise DefinitionError(f"{what}: positional-only parameter {p.name!r}; use a named one")
+        has_default = p.default is not inspect.Parameter.empty
+        params.append(Param(p.name, has_default, p.default if has_default else None))
+    return tuple(params)
+
+
+def _ref_name(ref: Any, what: str) -> str:
+    if isinstance(ref, Step):
+        return ref.name
+    if isinstance(ref, str) and ref:
+        return ref
+    raise DefinitionError(f"{what}: dependencies must be steps or step names, got {ref!r}")
+
+
+class Workflow:
+    """A named DAG of steps. Build it with the `step` decorator; it validates itself on first use."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 32,
+        result: str | None = None,
+    ) -> None:
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
+        if max_concurrency < 1:
+            raise DefinitionError(f"workflow {name}: max_concurrency must be at least 1")
+        self.name = name
+        self.description = description
+        self.retry = retry or RetryPolicy()
+        self.max_concurrency = max_concurrency
+        self.result_step = result
+        self._steps: dict[str, Step] = {}
+        self._order: list[str] | None = None
+
+    # -- building ---------------------------------------------------------------------------
+
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        after: Iterable[Any] = (),
+        map_over: Any = None,
+        when: Callable[..., bool] | None = None,
+        retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        item_key: Callable[[Any], str] | None = None,
+        description: str | None = None,
+    ) -> Any:
+        """Decorator registering a step. `retries=N` is shorthand for N retries after the first
+        attempt with the workflow's backoff; `retry=RetryPolicy(...)` says everything."""
+
+        def register(f: Callable[..., Any]) -> Step:
+            step_name = name or f.__name__
+            what = f"workflow {self.name}, step {step_name}"
+            if step_name in self._steps:
+                raise DefinitionError(f"{what}: duplicate step name")
+            if step_name in RESERVED_PARAMS:
+                raise DefinitionError(f"{what}: {step_name!r} is reserved; rename the step")
+            if retries is not None and retry is not None:
+                raise DefinitionError(f"{what}: give retries= or retry=, not both")
+            if retries is not None and retries < 0:
+                raise DefinitionError(f"{what}: retries must be >= 0")
+            if timeout is not None and timeout <= 0:
+                raise DefinitionError(f"{what}: timeout must be positive")
+            if concurrency is not None and concurrency < 1:
+                raise DefinitionError(f"{what}: concurrency must be at least 1")
+            params = _params_of(f, what)
+            source = _ref_name(map_over, what) if map_over is not None else None
+            if source is not None and "item" not in {p.name for p in params}:
+                raise DefinitionError(f"{what}: a map_over step needs an 'item' parameter")
+            if source is None and "item" in {p.name for p in params}:
+                raise DefinitionError(f"{what}: 'item' is only given to map_over steps")
+            if concurrency is not None and source is None:
+                raise DefinitionError(f"{what}: concurrency applies to map_over steps only")
+            policy = retry
+            if retries is not None:
+                policy = self.retry.with_attempts(retries + 1)
+            doc = description if description is not None else inspect.getdoc(f) or ""
+            step = Step(
+                name=step_name,
+                fn=f,
+                after=tuple(_ref_name(a, what) for a in after),
+                map_over=source,
+                when=when,
+                retry=policy,
+                timeout=timeout,
+                concurrency=concurrency,
+                item_key=item_key,
+                description=doc.strip().splitlines()[0] if doc.strip() else "",
+                params=params,
+                is_async=inspect.iscoroutinefunction(f),
+            )
+            self._steps[step_name] = step
+            self._order = None
+            return step
+
+        return register(fn) if fn is not None else register
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> list[Step]:
+        """Steps in a topological order (dependencies first), validating on first access."""
+        return [self._steps[n] for n in self.validate()]
+
+    def __getitem__(self, name: str) -> Step:
+        self.validate()
+        return self._steps[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._steps
+
+    def policy_for(self, step: Step) -> RetryPolicy:
+        return step.retry or self.retry
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n: [] for n in self.validate()}
+        for s in self.steps:
+            for d in s.depends_on:
+                out[d].append(s.name)
+        return out
+
+    def sinks(self) -> list[str]:
+        """Steps nothing depends on: their outputs make up the run's result."""
+        if self.result_step:
+            return [self.result_step]
+        return [n for n, deps in self.dependents().items() if not deps]
+
+    def validate(self) -> list[str]:
+        if self._order is not None:
+            return self._order
+        if not self._steps:
+            raise DefinitionError(f"workflow {self.name}: it has no steps")
+        for s in self._steps.values():
+            what = f"workflow {self.name}, step {s.name}"
+            deps: list[str] = []
+            inputs: list[Param] = []
+            for ref in s.after + ((s.map_over,) if s.map_over else ()):
+                if ref not in self._steps:
+                    raise DefinitionError(f"{what}: depends on unknown step {ref!r}")
+                if ref == s.name:
+                    raise DefinitionError(f"{what}: depends on itself")
+                if ref not in deps:
+                    deps.append(ref)
+            for p in s.params:
+                if p.name in RESERVED_PARAMS:
+                    continue
+                if p.name in self._steps:
+                    if p.name == s.name:
+                        raise DefinitionError(f"{what}: a parameter cannot name its own step")
+                    if p.name not in deps:
+                        deps.append(p.name)
+                else:
+                    inputs.append(p)
+            s.depends_on = tuple(deps)
+            s.input_params = tuple(inputs)
+        if self.result_step is not None and self.result_step not in self._steps:
+            raise DefinitionError(f"workflow {self.name}: result step {self.result_step!r} is unknown")
+        sorter = graphlib.TopologicalSorter({s.name: s.depends_on for s in self._steps.values()})
+        try:
+            order = list(sorter.static_order())
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise DefinitionError(f"workflow {self.name}: dependency cycle {cycle}") from exc
+        # keep declaration order among independent steps, for stable display
+        position = {n: i for i, n in enumerate(self._steps)}
+        self._order = _stable_topological(order, position, self._steps)
+        return self._order
+
+    def check_input(self, data: dict[str, Any]) -> None:
+        """Refuse a run before it is created when a step would lack an input."""
+        missing: dict[str, list[str]] = {}
+        for s in self.steps:
+            for p in s.input_params:
+                if p.name not in data and not p.has_default:
+                    missing.setdefault(p.name, []).append(s.name)
+        if missing:
+            name, needed_by = next(iter(missing.items()))
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(
+                f"workflow {self.name} needs input {name!r} (used by step {', '.join(needed_by)}){more}; "
+                f"pass -i {name}=..."
+            )
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, steps={list(self._steps)})"
+
+
+def _stable_topological(
+    order: list[str], position: dict[str, int], steps: dict[str, Step]
+) -> list[str]:
+    placed: list[str] = []
+    done: set[str] = set()
+    remaining = sorted(order, key=position.__getitem__)
+    while remaining:
+        for n in remaining:
+            if all(d in done for d in steps[n].depends_on):
+                placed.append(n)
+                done.add(n)
+                remaining.remove(n)
+                break
+    return placed

@@ -1,0 +1,59 @@
+"""What a step function sees of the engine: who it is, and how to report progress and output."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from statepipe.store.records import NewEvent
+
+
+class StepInterrupted(Exception):
+    """Raised inside a step at its next emit/checkpoint once the run is stopping (pause, cancel,
+    shutdown): the attempt is abandoned and runs again later."""
+
+
+@dataclass
+class StepContext:
+    run_id: str
+    step: str
+    item: str | None
+    attempt: int
+    input: dict[str, Any]
+    _publish: Callable[[NewEvent], None] = field(repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts of this step in this run: pass it to external APIs so a
+        retried attempt does not repeat a side effect."""
+        return f"{self.run_id}:{self.step}:{self.item or ''}"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def checkpoint(self) -> None:
+        """A safe place to stop: raises StepInterrupted when the run is being stopped."""
+        if self._stop.is_set():
+            raise StepInterrupted(f"step {self.step} interrupted")
+
+    def _event(self, type_: str, data: dict[str, Any]) -> None:
+        self.checkpoint()
+        self._publish(NewEvent(type_, self.step, self.item, self.attempt, data))
+
+    def progress(self, message: str, **data: Any) -> None:
+        """A human-readable progress line (shown as the step's last line)."""
+        self._event("progress", {"message": str(message), **data})
+
+    def emit(self, text: str) -> None:
+        """A chunk of partial output, such as streamed tokens."""
+        self._event("output", {"text": str(text)})
+
+    def partial(self, value: Any) -> None:
+        """A completed piece of structured output (must be JSON-serialisable)."""
+        self._event("partial", {"value": value})
+
+    log = progress

@@ -1,0 +1,163 @@
+"""The engine's one path to the store: a thread that commits queued changes in batches.
+
+Everything queued while a transaction is in flight goes into the next one (group commit), so 100
+branches finishing together cost one commit, not 100. Progress and output chunks are "soft": they
+wait up to `linger` seconds for company, so a model streaming thousands of tokens a second costs
+about one transaction per `linger` per process. A transition never waits: it flushes the soft
+events queued before it, in order, in its own transaction."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import tenacity
+
+from statepipe.errors import DatabaseUnavailable, LeaseLost
+from statepipe.store.records import Change, Event
+from statepipe.store.store import Store
+
+log = logging.getLogger("statepipe.writer")
+
+Listener = Callable[[list[Event]], None]
+
+
+@dataclass
+class _Item:
+    change: Change
+    soft: bool
+    future: Future[list[Event]] | None = None
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+_STOP = object()
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        linger: float = 0.05,
+        max_batch: int = 500,
+        reconnect_for: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.linger = linger
+        self.max_batch = max_batch
+        self.reconnect_for = reconnect_for
+        self.transactions = 0
+        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._listeners: list[Listener] = []
+        self._lost: set[str] = set()
+        self._thread = threading.Thread(target=self._loop, name="statepipe-writer", daemon=True)
+        self._thread.start()
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Listener) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def dispatch(self, events: list[Event]) -> None:
+        """Hand committed events to the views (display, JSONL files, stdout)."""
+        if not events:
+            return
+        for fn in list(self._listeners):
+            try:
+                fn(events)
+            except Exception:  # a view must never break the engine
+                log.exception("event listener failed")
+
+    def submit(self, change: Change) -> Future[list[Event]]:
+        """Queue a transition; the future resolves once it is committed."""
+        fut: Future[list[Event]] = Future()
+        self._q.put(_Item(change, soft=False, future=fut))
+        return fut
+
+    def publish(self, change: Change) -> None:
+        """Queue progress/output events; committed within `linger` seconds."""
+        if change.run_id not in self._lost:
+            self._q.put(_Item(change, soft=True))
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        self.submit(Change("", 0, [])).result()
+
+    def close(self) -> None:
+        self.flush()
+        self._q.put(_STOP)
+        self._thread.join(timeout=10)
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, _Item)
+            batch = [first]
+            stop = self._gather(batch)
+            self._commit([i for i in batch if i.change.run_id])
+            for item in batch:
+                if not item.change.run_id and item.future is not None:
+                    item.future.set_result([])
+            if stop:
+                return
+
+    def _gather(self, batch: list[_Item]) -> bool:
+        deadline = batch[0].queued_at + self.linger if batch[0].soft else 0.0
+        while len(batch) < self.max_batch:
+            timeout = deadline - time.monotonic() if all(i.soft for i in batch) else 0.0
+            try:
+                nxt = self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            assert isinstance(nxt, _Item)
+            batch.append(nxt)
+        return False
+
+    def _commit(self, batch: list[_Item]) -> None:
+        batch = [i for i in batch if i.change.run_id not in self._lost or not i.soft]
+        while batch:
+            try:
+                results = self._commit_retrying([i.change for i in batch])
+            except LeaseLost as exc:
+                lost = exc.args[0]
+                self._lost.add(lost)
+                for item in batch:
+                    if item.change.run_id == lost and item.future is not None:
+                        item.future.set_exception(LeaseLost(f"run {lost}: another executor took it over"))
+                batch = [i for i in batch if i.change.run_id != lost]
+                continue
+            except Exception as exc:  # the database stayed away: every waiter learns why
+                for item in batch:
+                    if item.future is not None:
+                        item.future.set_exception(exc)
+                return
+            self.transactions += 1
+            events = [e for r in results for e in r]
+            for item, result in zip(batch, results):
+                if item.future is not None:
+                    item.future.set_result(result)
+            self.dispatch(events)
+            return
+
+    def _commit_retrying(self, changes: list[Change]) -> list[list[Event]]:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+            stop=tenacity.stop_after_delay(self.reconnect_for),
+            reraise=True,
+            before_sleep=lambda rs: log.warning("database unavailable, retrying: %s", rs.outcome.exception() if rs.outcome else ""),
+        )
+        return retrying(self.store.commit, changes)

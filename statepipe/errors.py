@@ -1,0 +1,70 @@
+"""Error types. The CLI maps each to a one-line message and an exit code (documented in the README)."""
+
+from __future__ import annotations
+
+
+class StatepipeError(Exception):
+    """Base of every error a user can cause or fix; the CLI prints it without a traceback."""
+
+    exit_code = 2
+
+
+class DefinitionError(StatepipeError):
+    """A workflow definition is invalid: cycle, unknown or duplicate step, bad signature."""
+
+    exit_code = 2
+
+
+class InputError(StatepipeError):
+    """Run input is malformed or incomplete."""
+
+    exit_code = 2
+
+
+class NotFoundError(StatepipeError):
+    """An unknown workflow or run id."""
+
+    exit_code = 3
+
+
+class ConflictError(StatepipeError):
+    """The request clashes with a run's state: it is finished, or another process owns it."""
+
+    exit_code = 4
+
+
+class DatabaseUnavailable(StatepipeError):
+    """PostgreSQL cannot be reached or started."""
+
+    exit_code = 5
+
+
+class OutputNotSerializable(StatepipeError):
+    """A step returned a value that cannot be stored as JSON."""
+
+
+class LeaseLost(StatepipeError):
+    """Another executor took the run over; this one must stop writing."""
+
+    exit_code = 4
+
+
+class IllegalTransition(StatepipeError):
+    """A state change its lifecycle does not allow; never written to the store."""
+
+    exit_code = 4
+
+
+class StepTimeout(Exception):
+    """A step ran longer than its timeout."""
+
+
+class NonRetryable(Exception):
+    """Raise from a step to fail it at once, whatever its retry policy says."""
+
+
+# Exit codes that are not carried by an error type.
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_RUN_CANCELLED = 6
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,46 @@
+"""Opening the store: the embedded server or STATEPIPE_DATABASE_URL, a small pool, the schema."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from statepipe.errors import DatabaseUnavailable
+from statepipe.store import embedded
+from statepipe.store.store import Store, ensure_schema
+
+
+def resolve_url(url: str | None) -> str:
+    return url if url else embedded.ensure_running().url
+
+
+def _describe(url: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    host = info.get("host") or "localhost"
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+def open_store(url: str | None, *, max_size: int = 4, timeout: float = 30.0) -> Store:
+    """Connect once directly (so an unreachable server is one clear error, at once), apply the
+    schema, then hand out pooled connections."""
+    conninfo = resolve_url(url)
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseUnavailable(f"invalid database URL: {str(exc).strip().splitlines()[0]}") from exc
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as conn:
+            ensure_schema(conn)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_describe(conninfo)}: {reason}") from exc
+    pool = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        open=True,
+        timeout=timeout,
+        kwargs={"autocommit": True},
+        name="statepipe",
+    )
+    return Store(pool)

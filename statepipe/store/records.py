@@ -1,0 +1,239 @@
+"""Rows read from the store and changes written to it: plain data, no SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+# -- writes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class NewEvent:
+    type: str
+    step: str | None = None
+    item: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class StepRowWrite:
+    """The full mutable part of a step row, as its lifecycle left it."""
+
+    name: str
+    item: str
+    state: str
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    next_attempt_at: datetime | None = None
+
+
+@dataclass
+class NewStepRow:
+    name: str
+    item: str
+    item_index: int | None
+    state: str
+    depends_on: list[str]
+    fanout: bool = False
+
+
+@dataclass
+class AttemptWrite:
+    """Insert (state running) or finish an attempt; `output` is already JSON text."""
+
+    step: str
+    item: str
+    number: int
+    state: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    output: str | None = None
+
+
+@dataclass
+class RunWrite:
+    state: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass
+class Change:
+    """One unit the engine commits: every transition in it lands with its events, or none does."""
+
+    run_id: str
+    fence: int
+    events: list[NewEvent]
+    run: RunWrite | None = None
+    new_steps: list[NewStepRow] = field(default_factory=list)
+    steps: list[StepRowWrite] = field(default_factory=list)
+    attempts_started: list[AttemptWrite] = field(default_factory=list)
+    attempts_finished: list[AttemptWrite] = field(default_factory=list)
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    run_id: str
+    seq: int
+    ts: datetime
+    type: str
+    step: str | None
+    item: str | None
+    attempt: int | None
+    data: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "ts": iso(self.ts),
+            "type": self.type,
+            "step": self.step,
+            "item": self.item,
+            "attempt": self.attempt,
+            "data": self.data,
+        }
+
+
+@dataclass
+class RunRow:
+    id: str
+    workflow: str
+    workflow_ref: str
+    state: str
+    input: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    last_seq: int
+    owner: str | None
+    lease_expires_at: datetime | None
+    fencing_token: int
+    steps_done: int = 0
+    steps_total: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    def as_json(self, result: Any = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "state": self.state,
+            "input": self.input,
+            "result": result,
+            "error": self.error,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_s": self.duration,
+            "steps_done": self.steps_done,
+            "steps_total": self.steps_total,
+            "owner": self.owner,
+            "last_seq": self.last_seq,
+        }
+
+
+@dataclass
+class AttemptRow:
+    step: str
+    item: str
+    number: int
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    output: Any
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "state": self.state,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_s": (self.finished_at - self.started_at).total_seconds() if self.finished_at else None,
+            "error": self.error,
+        }
+
+
+@dataclass
+class StepRow:
+    name: str
+    item: str
+    item_index: int | None
+    fanout: bool
+    state: str
+    depends_on: list[str]
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    next_attempt_at: datetime | None
+    attempts: list[AttemptRow] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.item)
+
+    @property
+    def output(self) -> Any:
+        """Output of the current attempt, when it succeeded."""
+        for a in self.attempts:
+            if a.number == self.attempt and a.state == "succeeded":
+                return a.output
+        return None
+
+
+@dataclass
+class RunSnapshot:
+    """A run with all its steps and attempts: what inspect shows and what resume starts from."""
+
+    run: RunRow
+    steps: list[StepRow]
+
+    def parents(self) -> list[StepRow]:
+        return [s for s in self.steps if s.item == ""]
+
+    def children(self, name: str) -> list[StepRow]:
+        kids = [s for s in self.steps if s.name == name and s.item != ""]
+        return sorted(kids, key=lambda s: s.item_index or 0)
+
+    def output_of(self, row: StepRow) -> Any:
+        """A fan-out parent's output is its children's outputs in item order."""
+        if row.fanout:
+            return [c.output for c in self.children(row.name)]
+        return row.output
+
+    def result(self) -> Any:
+        parents = self.parents()
+        needed = {d for s in parents for d in s.depends_on}
+        sinks = [s for s in parents if s.name not in needed]
+        if len(sinks) == 1:
+            return self.output_of(sinks[0])
+        return {s.name: self.output_of(s) for s in sinks}

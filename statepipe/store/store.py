@@ -1,0 +1,354 @@
+"""All of statepipe's SQL (with schema.sql): parametrised statements over a psycopg 3 pool.
+
+`commit` is the single write path of the engine: a batch of Changes lands in one transaction,
+each run's events appended under its fencing token (statepipe.append_events), so a state row
+never exists without its event and a stale owner can write nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from statepipe.errors import ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
+from statepipe.store.records import (
+    AttemptRow,
+    Change,
+    Event,
+    NewEvent,
+    NewStepRow,
+    RunRow,
+    RunSnapshot,
+    StepRow,
+)
+
+SCHEMA_VERSION = 1
+LEASE_LOST_SQLSTATE = "SP001"
+_SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
+
+
+def channel(run_id: str) -> str:
+    return "statepipe_" + run_id.replace("-", "")
+
+
+_RUN_COLUMNS = """
+    r.id, r.workflow, r.workflow_ref, r.state, r.input, r.error, r.created_at, r.started_at,
+    r.finished_at, r.updated_at, r.last_seq, r.owner, r.lease_expires_at, r.fencing_token,
+    (SELECT count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped'))
+       FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '') AS steps_done,
+    (SELECT count(*) FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '') AS steps_total
+"""
+
+
+class Store:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        workflow: str,
+        workflow_ref: str,
+        input_json: str,
+        steps: Sequence[NewStepRow],
+        event: NewEvent,
+    ) -> Event:
+        with self._tx() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input)"
+                " VALUES (%s, %s, %s, 'pending', %s::jsonb)",
+                (run_id, workflow, workflow_ref, input_json),
+            )
+            self._insert_steps(conn, run_id, steps)
+            (seq,) = self._append(conn, run_id, 0, [event])
+        return _event(run_id, seq, event)
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """Full id from a unique prefix, as git does for commits."""
+        if not prefix or len(prefix) > 36 or not all(c in "0123456789abcdef-" for c in prefix.lower()):
+            raise NotFoundError(f"no run {prefix!r}: run ids are hexadecimal uuids")
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id FROM statepipe.runs WHERE id LIKE %s ORDER BY id LIMIT 2",
+                (prefix.lower() + "%",),
+            ).fetchall()
+        if not rows:
+            raise NotFoundError(f"no run {prefix!r}; see `statepipe list`")
+        if len(rows) > 1:
+            raise NotFoundError(f"run id prefix {prefix!r} is ambiguous; give more characters")
+        return str(rows[0][0])
+
+    def get_run(self, run_id: str) -> RunRow:
+        with self._tx() as conn:
+            row = conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r WHERE r.id = %s", (run_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no run {run_id}")
+        return RunRow(**row)
+
+    def list_runs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        workflow: str | None = None,
+        since: datetime | None = None,
+        limit: int = 20,
+    ) -> list[RunRow]:
+        with self._tx() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r"
+                " WHERE (cardinality(%(states)s::text[]) = 0 OR r.state = ANY(%(states)s::text[]))"
+                "   AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)"
+                "   AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s::timestamptz)"
+                " ORDER BY r.created_at DESC LIMIT %(limit)s",
+                {"states": list(states), "workflow": workflow, "since": since, "limit": limit},
+            ).fetchall()
+        return [RunRow(**r) for r in rows]
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        run = self.get_run(run_id)
+        with self._tx() as conn:
+            steps = conn.cursor(row_factory=dict_row).execute(
+                "SELECT name, item, item_index, fanout, state, depends_on, attempt, started_at,"
+                " finished_at, error, next_attempt_at FROM statepipe.steps WHERE run_id = %s"
+                " ORDER BY item_index NULLS FIRST, name, item",
+                (run_id,),
+            ).fetchall()
+            attempts = conn.cursor(row_factory=dict_row).execute(
+                "SELECT step, item, number, state, started_at, finished_at, error, output"
+                " FROM statepipe.attempts WHERE run_id = %s ORDER BY step, item, number",
+                (run_id,),
+            ).fetchall()
+        rows = {(s["name"], s["item"]): StepRow(**s) for s in steps}
+        for a in attempts:
+            rows[(a["step"], a["item"])].attempts.append(AttemptRow(**a))
+        return RunSnapshot(run, list(rows.values()))
+
+    def results(self, run_ids: Sequence[str]) -> dict[str, Any]:
+        """Each run's result (its sink steps' outputs) for many runs in one round trip."""
+        if not run_ids:
+            return {}
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT s.run_id, s.name, s.item, s.item_index, s.fanout, a.output"
+                "  FROM statepipe.steps s"
+                "  LEFT JOIN statepipe.attempts a ON a.run_id = s.run_id AND a.step = s.name"
+                "   AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
+                " WHERE s.run_id = ANY(%s) AND NOT EXISTS ("
+                "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on))"
+                " ORDER BY s.run_id, s.name, s.item_index NULLS FIRST",
+                (list(run_ids),),
+            ).fetchall()
+        per_run: dict[str, dict[str, Any]] = {}
+        for run_id, name, item, _index, fanout, output in rows:
+            outputs = per_run.setdefault(run_id, {})
+            if item == "":
+                outputs[name] = [] if fanout else output
+            else:
+                outputs[name].append(output)
+        return {r: (next(iter(o.values())) if len(o) == 1 else o) for r, o in per_run.items()}
+
+    # -- ownership --------------------------------------------------------------------------
+
+    def claim(self, run_id: str, owner: str, ttl: float, take_over: bool = False) -> int:
+        """Become the run's owner and return the new fencing token. A live lease is refused
+        unless `take_over` (its owner is known dead); finished runs are refused."""
+        with self._tx() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT state, owner, lease_expires_at > now() FROM statepipe.runs WHERE id = %s FOR UPDATE",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no run {run_id}")
+            state, current, live = row
+            if state in ("succeeded", "cancelled"):
+                raise ConflictError(f"run {run_id} already {state}; nothing to resume")
+            if current and live and current != owner and not take_over:
+                raise ConflictError(f"run {run_id} is being executed by {current}; try again when it stops")
+            (token,) = conn.execute(
+                "UPDATE statepipe.runs SET owner = %s, lease_expires_at = now() + %s,"
+                " fencing_token = fencing_token + 1 WHERE id = %s RETURNING fencing_token",
+                (owner, timedelta(seconds=ttl), run_id),
+            ).fetchone() or (0,)
+        return int(token)
+
+    def heartbeat(self, run_id: str, fence: int, ttl: float) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE statepipe.runs SET lease_expires_at = now() + %s WHERE id = %s AND fencing_token = %s",
+                (timedelta(seconds=ttl), run_id, fence),
+            )
+        return cur.rowcount == 1
+
+    def release(self, run_id: str, fence: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE statepipe.runs SET owner = NULL, lease_expires_at = NULL"
+                " WHERE id = %s AND fencing_token = %s",
+                (run_id, fence),
+            )
+
+    # -- the write path ---------------------------------------------------------------------
+
+    def commit(self, changes: Sequence[Change]) -> list[list[Event]]:
+        """Commit all changes in one transaction; returns each change's events with their seq.
+
+        Raises LeaseLost (nothing written) when any run's fencing token has moved on; the caller
+        drops that run's changes and commits the rest again."""
+        by_run: dict[str, list[int]] = {}
+        for i, ch in enumerate(changes):
+            by_run.setdefault(ch.run_id, []).append(i)
+        try:
+            with self._tx() as conn, conn.transaction():
+                lasts: dict[str, int] = {}
+                for run_id, idx in by_run.items():
+                    events = [e for i in idx for e in changes[i].events]
+                    lasts[run_id] = self._append(conn, run_id, changes[idx[0]].fence, events)[-1]
+                self._apply(conn, changes)
+        except psycopg.errors.RaiseException as exc:
+            if exc.sqlstate == LEASE_LOST_SQLSTATE:
+                lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
+                raise LeaseLost(lost) from exc
+            raise
+        out: list[list[Event]] = []
+        firsts = {r: lasts[r] - sum(len(changes[i].events) for i in idx) for r, idx in by_run.items()}
+        for ch in changes:
+            seq = firsts[ch.run_id]
+            out.append([_event(ch.run_id, seq + k + 1, e) for k, e in enumerate(ch.events)])
+            firsts[ch.run_id] = seq + len(ch.events)
+        return out
+
+    def _append(self, conn: psycopg.Connection[Any], run_id: str, fence: int, events: Sequence[NewEvent]) -> list[int]:
+        row = conn.execute(
+            "SELECT statepipe.append_events(%s, %s, %s::timestamptz[], %s::text[], %s::text[],"
+            " %s::text[], %s::integer[], %s::text[])",
+            (
+                run_id,
+                fence,
+                [e.ts for e in events],
+                [e.type for e in events],
+                [e.step for e in events],
+                [e.item for e in events],
+                [e.attempt for e in events],
+                [json.dumps(e.data, default=str) for e in events],
+            ),
+        ).fetchone()
+        last = int(row[0]) if row else 0
+        return list(range(last - len(events) + 1, last + 1))
+
+    def _insert_steps(self, conn: psycopg.Connection[Any], run_id: str, steps: Sequence[NewStepRow]) -> None:
+        if steps:
+            conn.cursor().executemany(
+                "INSERT INTO statepipe.steps (run_id, name, item, item_index, fanout, state, depends_on)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(run_id, s.name, s.item, s.item_index, s.fanout, s.state, s.depends_on) for s in steps],
+            )
+
+    def _apply(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> None:
+        cur = conn.cursor()
+        for ch in changes:
+            if ch.run is not None:
+                cur.execute(
+                    "UPDATE statepipe.runs SET state = %s, started_at = COALESCE(%s, started_at),"
+                    " finished_at = %s, error = %s WHERE id = %s",
+                    (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run_id),
+                )
+            self._insert_steps(conn, ch.run_id, ch.new_steps)
+        step_rows = [
+            (s.state, s.attempt, s.started_at, s.finished_at, s.error, s.next_attempt_at, ch.run_id, s.name, s.item)
+            for ch in changes
+            for s in ch.steps
+        ]
+        if step_rows:
+            cur.executemany(
+                "UPDATE statepipe.steps SET state = %s, attempt = %s, started_at = %s, finished_at = %s,"
+                " error = %s, next_attempt_at = %s WHERE run_id = %s AND name = %s AND item = %s",
+                step_rows,
+            )
+        started = [(ch.run_id, a.step, a.item, a.number, a.state, a.started_at) for ch in changes for a in ch.attempts_started]
+        if started:
+            cur.executemany(
+                "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                started,
+            )
+        finished = [
+            (a.state, a.finished_at, a.error, a.output, ch.run_id, a.step, a.item, a.number)
+            for ch in changes
+            for a in ch.attempts_finished
+        ]
+        if finished:
+            cur.executemany(
+                "UPDATE statepipe.attempts SET state = %s, finished_at = %s, error = %s, output = %s::jsonb"
+                " WHERE run_id = %s AND step = %s AND item = %s AND number = %s",
+                finished,
+            )
+
+    # -- events -----------------------------------------------------------------------------
+
+    def events_after(self, run_id: str, after: int = 0, limit: int = 5000) -> list[Event]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT run_id, seq, ts, type, step, item, attempt, data FROM statepipe.events"
+                " WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (run_id, after, limit),
+            ).fetchall()
+        return [Event(*r) for r in rows]
+
+    @contextmanager
+    def listening(self, run_id: str) -> Iterator[psycopg.Connection[Any]]:
+        """A dedicated autocommit connection LISTENing on the run's channel."""
+        try:
+            with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+                conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel(run_id))))
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
+
+
+def _event(run_id: str, seq: int, e: NewEvent) -> Event:
+    return Event(run_id, seq, e.ts, e.type, e.step, e.item, e.attempt, e.data)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
+    """Apply schema.sql once per database; a later version would migrate from the row found."""
+    row = conn.execute("SELECT to_regclass('statepipe.schema_version') IS NOT NULL").fetchone()
+    if row and row[0]:
+        current = conn.execute("SELECT max(version) FROM statepipe.schema_version").fetchone()
+        version = current[0] if current else None
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
+            raise DatabaseUnavailable(
+                f"the database has statepipe schema v{version}; this statepipe knows v{SCHEMA_VERSION}: upgrade statepipe"
+            )
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(schema_sql().encode())  # type: ignore[call-overload]
+
+
+def schema_sql() -> str:
+    return resources.files("statepipe.store").joinpath("schema.sql").read_text()
