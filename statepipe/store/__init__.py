@@ -1,6 +1,16 @@
-"""PostgreSQL persistence: the embedded server, the pool and the one module holding SQL."""
+"""PostgreSQL persistence: the embedded server, the connection source and the one module holding
+SQL (store.py). Names load lazily so that light consumers (records) do not import psycopg."""
 
-from statepipe.store.database import open_store
-from statepipe.store.store import Store
+from typing import Any
 
-__all__ = ["Store", "open_store"]
+
+def __getattr__(name: str) -> Any:
+    if name == "open_store":
+        from statepipe.store.database import open_store
+
+        return open_store
+    if name == "Store":
+        from statepipe.store.store import Store
+
+        return Store
+    raise AttributeError(name)

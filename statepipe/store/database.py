@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import psycopg
 from psycopg_pool import ConnectionPool
 
@@ -20,20 +24,38 @@ def _describe(url: str) -> str:
     return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
 
 
+class SingleConnection:
+    """The pool interface over one connection: short CLI commands skip the pool's threads."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.conninfo = conn.info.dsn
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        yield self.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def open_store(url: str | None, *, max_size: int = 4, timeout: float = 30.0) -> Store:
-    """Connect once directly (so an unreachable server is one clear error, at once), apply the
-    schema, then hand out pooled connections."""
+    """Connect once directly (so an unreachable server is one clear error, at once) and apply the
+    schema; then keep that connection (max_size=1) or hand out pooled ones."""
     conninfo = resolve_url(url)
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
         raise DatabaseUnavailable(f"invalid database URL: {str(exc).strip().splitlines()[0]}") from exc
     try:
-        with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as conn:
-            ensure_schema(conn)
+        conn = psycopg.connect(conninfo, connect_timeout=5, autocommit=True)
+        ensure_schema(conn)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_describe(conninfo)}: {reason}") from exc
+    if max_size == 1:
+        return Store(SingleConnection(conn))
+    conn.close()
     pool = ConnectionPool(
         conninfo,
         min_size=1,

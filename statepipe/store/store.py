@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from statepipe.errors import ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
 from statepipe.store.records import (
@@ -47,8 +46,16 @@ _RUN_COLUMNS = """
 """
 
 
+class ConnectionSource(Protocol):
+    conninfo: str
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+    def close(self) -> None: ...
+
+
 class Store:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionSource) -> None:
         self.pool = pool
 
     @contextmanager

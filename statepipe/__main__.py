@@ -1,0 +1,3 @@
+from statepipe.views.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""JSONL views of the store: per-run event files, the results file, and events on stdout.
+
+All of them are derived: each can be rebuilt from the events table, and an event file that
+missed lines (its process was killed between commit and write) is backfilled on the next run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from statepipe.store.records import Event, RunRow
+from statepipe.store.store import Store
+
+TERMINAL_EVENTS = {"run_succeeded": "succeeded", "run_failed": "failed", "run_cancelled": "cancelled"}
+
+
+def event_line(event: Event) -> str:
+    return json.dumps(event.as_json(), default=str, ensure_ascii=False)
+
+
+def _last_seq(path: Path) -> int:
+    """Seq of the last complete line; a torn final line (killed mid-write) is cut off."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+    except FileNotFoundError:
+        return 0
+    lines = tail.split(b"\n")
+    if lines and lines[-1] != b"":
+        with path.open("r+b") as fh:  # drop the torn line so the file stays valid JSONL
+            fh.truncate(size - len(lines[-1]))
+        lines = lines[:-1]
+    for raw in reversed(lines):
+        if raw.strip():
+            try:
+                return int(json.loads(raw)["seq"])
+            except (ValueError, KeyError, TypeError):
+                return 0
+    return 0
+
+
+class EventFiles:
+    """Appends each committed event to <output_dir>/<run_id>.jsonl."""
+
+    def __init__(self, output_dir: Path, store: Store) -> None:
+        self.dir = output_dir
+        self.store = store
+        self._files: dict[str, tuple[IO[str], int]] = {}
+        self._lock = threading.Lock()
+
+    def _open(self, run_id: str) -> tuple[IO[str], int]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{run_id}.jsonl"
+        last = _last_seq(path)
+        fh = path.open("a", encoding="utf-8")
+        return fh, last
+
+    def write(self, events: list[Event]) -> None:
+        with self._lock:
+            touched: set[str] = set()
+            for e in events:
+                if e.run_id not in self._files:
+                    self._files[e.run_id] = self._open(e.run_id)
+                fh, last = self._files[e.run_id]
+                if e.seq <= last:
+                    continue
+                if e.seq > last + 1:  # lines lost by an earlier process: rebuild them from the store
+                    for missed in self.store.events_after(e.run_id, last, e.seq - last - 1):
+                        fh.write(event_line(missed) + "\n")
+                fh.write(event_line(e) + "\n")
+                self._files[e.run_id] = (fh, e.seq)
+                touched.add(e.run_id)
+            for run_id in touched:
+                self._files[run_id][0].flush()
+
+    def close(self) -> None:
+        with self._lock:
+            for fh, _ in self._files.values():
+                fh.close()
+            self._files.clear()
+
+
+class StdoutEvents:
+    """One JSON event per line on stdout, for `statepipe run ... | jq`."""
+
+    def __init__(self, run_id: str | None = None, stream: IO[str] | None = None) -> None:
+        self.run_id = run_id
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def write(self, events: list[Event]) -> None:
+        with self._lock:
+            try:
+                for e in events:
+                    if self.run_id is None or e.run_id == self.run_id:
+                        self.stream.write(event_line(e) + "\n")
+                self.stream.flush()
+            except BrokenPipeError:  # the reader went away (| head): the run goes on regardless
+                pass
+
+
+def result_record(run: RunRow, result: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "workflow": run.workflow,
+        "state": run.state,
+        "input": run.input,
+        "result": result,
+        "error": run.error,
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "duration_s": run.duration,
+    }
+
+
+def append_result(output_dir: Path, record: dict[str, Any]) -> None:
+    """One line per finished run in <output_dir>/results.jsonl; a single write keeps lines whole
+    when several processes append."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode()
+    with (output_dir / "results.jsonl").open("ab") as fh:
+        fh.write(line)

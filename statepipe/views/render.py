@@ -1,0 +1,150 @@
+"""Documents and tables for inspect, list, workflows and graph: one JSON shape per command, and
+a rich rendering of the same data for people."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from statepipe.definition.loader import Listed
+from statepipe.definition.workflow import Workflow
+from statepipe.engine.outputs import summarize
+from statepipe.store.records import RunRow, RunSnapshot, StepRow, iso
+from statepipe.views.style import STATE_STYLE, format_duration, format_time
+
+TRUNCATE_CHARS = 1200
+
+
+def _duration(s: StepRow) -> float | None:
+    if s.started_at and s.finished_at:
+        return (s.finished_at - s.started_at).total_seconds()
+    return None
+
+
+def step_json(snap: RunSnapshot, s: StepRow) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "item": s.item or None,
+        "state": s.state,
+        "depends_on": s.depends_on,
+        "attempt": s.attempt,
+        "output": snap.output_of(s),
+        "error": s.error,
+        "started_at": iso(s.started_at),
+        "finished_at": iso(s.finished_at),
+        "duration_s": _duration(s),
+        "next_attempt_at": iso(s.next_attempt_at),
+        "attempts": [a.as_json() for a in s.attempts],
+    }
+
+
+def inspect_json(snap: RunSnapshot) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    for parent in snap.parents():
+        steps.append(step_json(snap, parent))
+        steps.extend(step_json(snap, c) for c in snap.children(parent.name))
+    return {"run": snap.run.as_json(snap.result()), "steps": steps}
+
+
+def _pretty(value: Any, full: bool) -> str:
+    """Compact when it fits a line, indented otherwise; long values cut unless `full`."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) > 76:
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    if not full and len(text) > TRUNCATE_CHARS:
+        text = text[:TRUNCATE_CHARS] + f"\n… ({len(text) - TRUNCATE_CHARS} more characters; --full shows all)"
+    return text
+
+
+def _state(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def inspect_view(snap: RunSnapshot, full: bool = False) -> RenderableType:
+    run = snap.run
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    head.add_row("run", Text(run.id, style="bold"))
+    head.add_row("workflow", run.workflow)
+    head.add_row("state", _state(run.state))
+    head.add_row("created", format_time(run.created_at))
+    head.add_row("started", format_time(run.started_at))
+    head.add_row("finished", format_time(run.finished_at))
+    head.add_row("duration", format_duration(run.duration))
+    head.add_row("steps", f"{run.steps_done}/{run.steps_total} done")
+    if run.owner:
+        head.add_row("owner", run.owner)
+    head.add_row("input", Syntax(_pretty(run.input, full), "json", background_color="default"))
+    if run.state == "succeeded":
+        head.add_row("result", Syntax(_pretty(snap.result(), full), "json", background_color="default"))
+    if run.error:
+        head.add_row("error", Text(run.error, style="red"))
+
+    table = Table(title="steps", title_justify="left", expand=False)
+    for col in ("step", "state", "attempts", "started", "duration", "output / error"):
+        table.add_column(col, overflow="fold")
+    for parent in snap.parents():
+        rows = [parent, *snap.children(parent.name)]
+        for s in rows:
+            label = f"  └ {s.item}" if s.item else s.name
+            value = snap.output_of(s)
+            summary = Text(s.error, style="red") if s.error else Text(summarize(value) if s.state == "succeeded" else "", style="dim")
+            attempts = ", ".join(f"#{a.number} {a.state}" for a in s.attempts) or "-"
+            table.add_row(label, _state(s.state), attempts, format_time(s.started_at), format_duration(_duration(s)), summary)
+
+    outputs: list[RenderableType] = []
+    for parent in snap.parents():
+        value = snap.output_of(parent)
+        if parent.state == "succeeded":
+            outputs.append(Panel(Syntax(_pretty(value, full), "json", background_color="default"), title=parent.name, title_align="left"))
+    return Group(Panel(head, title="run", title_align="left"), table, *outputs)
+
+
+def list_table(runs: list[RunRow]) -> Table:
+    table = Table(expand=False)
+    for col in ("id", "workflow", "state", "started", "duration", "steps"):
+        table.add_column(col, no_wrap=True)
+    for r in runs:
+        table.add_row(
+            r.id[:8], r.workflow, _state(r.state), format_time(r.started_at or r.created_at),
+            format_duration(r.duration), f"{r.steps_done}/{r.steps_total}",
+        )
+    return table
+
+
+def workflows_table(found: list[Listed]) -> Table:
+    table = Table(expand=False)
+    for col in ("workflow", "steps", "description", "file"):
+        table.add_column(col)
+    for w in found:
+        desc = Text(w.error, style="red") if w.error else Text(w.description)
+        table.add_row(w.name, str(w.steps) if not w.error else "-", desc, w.ref.rsplit(":", 1)[0])
+    return table
+
+
+def graph_text(wf: Workflow) -> str:
+    lines = [f"{wf.name}"]
+    for s in wf.steps:
+        deps = f"  <- {', '.join(s.depends_on)}" if s.depends_on else ""
+        fan = f"  [one per item of {s.map_over}]" if s.map_over else ""
+        lines.append(f"  {s.name}{deps}{fan}")
+    return "\n".join(lines)
+
+
+def graph_mermaid(wf: Workflow) -> str:
+    lines = ["graph TD"]
+    for s in wf.steps:
+        shape = f'{s.name}[["{s.name} (each item)"]]' if s.map_over else f'{s.name}["{s.name}"]'
+        lines.append(f"  {shape}")
+    for s in wf.steps:
+        for d in s.depends_on:
+            lines.append(f"  {d} --> {s.name}")
+    return "\n".join(lines)
+
