@@ -25,11 +25,20 @@ CREATE TABLE IF NOT EXISTS statepipe.runs (
     -- ownership: one executor at a time; fencing_token grows with every claim
     owner            text,
     lease_expires_at timestamptz,
-    fencing_token    bigint NOT NULL DEFAULT 0
+    fencing_token    bigint NOT NULL DEFAULT 0,
+    -- a control command for the owner: pause, pause_now, cancel, cancel_compensate
+    requested        text,
+    batch_id         text,
+    batch_index      integer
 );
 CREATE INDEX IF NOT EXISTS runs_created_idx ON statepipe.runs (created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_state_created_idx ON statepipe.runs (state, created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_workflow_created_idx ON statepipe.runs (workflow, created_at DESC);
+-- what workers scan: the few runs that still want an executor
+CREATE INDEX IF NOT EXISTS runs_claimable_idx ON statepipe.runs (created_at)
+    WHERE state IN ('pending', 'running');
+CREATE UNIQUE INDEX IF NOT EXISTS runs_batch_idx ON statepipe.runs (batch_id, batch_index)
+    WHERE batch_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS statepipe.steps (
     run_id       text COLLATE "C" NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
@@ -37,6 +46,7 @@ CREATE TABLE IF NOT EXISTS statepipe.steps (
     item         text NOT NULL DEFAULT '',   -- '' for a plain step, the item key for a fan-out child
     item_index   integer,                    -- position of a fan-out child in its parent's list
     fanout       boolean NOT NULL DEFAULT false, -- a map_over parent: its output is its children's
+    compensates  text,                       -- set on "<step>:compensate" rows: the step they undo
     state        text NOT NULL,
     depends_on   text[] NOT NULL DEFAULT '{}',
     attempt      integer NOT NULL DEFAULT 0, -- number of the current attempt (0: none yet)

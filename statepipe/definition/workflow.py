@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import graphlib
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from statepipe.definition.policy import RetryPolicy
 from statepipe.errors import DefinitionError, InputError
 
 RESERVED_PARAMS = ("ctx", "item", "input")
+HOOKS = ("on_init", "on_progress", "on_retry", "on_error", "on_success", "on_complete")
+STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Step:
     concurrency: int | None = None
     item_key: Callable[[Any], str] | None = None
     description: str = ""
+    optional: bool = False
+    on_exhausted: str = "fail"
+    compensate: Callable[..., Any] | None = None
     params: tuple[Param, ...] = ()
     is_async: bool = False
     # resolved by Workflow.validate()
@@ -89,7 +95,11 @@ class Workflow:
         retry: RetryPolicy | None = None,
         max_concurrency: int = 32,
         result: str | None = None,
+        timeout: float | None = None,
+        **hooks: Callable[..., Any],
     ) -> None:
+        """`timeout` bounds the whole run in seconds; `on_init`, `on_progress`, `on_retry`,
+        `on_error`, `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
         if max_concurrency < 1:
@@ -99,6 +109,13 @@ class Workflow:
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
         self.result_step = result
+        if timeout is not None and timeout <= 0:
+            raise DefinitionError(f"workflow {name}: timeout must be positive")
+        self.timeout = timeout
+        unknown = sorted(set(hooks) - set(HOOKS))
+        if unknown:
+            raise DefinitionError(f"workflow {name}: unknown option {unknown[0]!r}; hooks are {', '.join(HOOKS)}")
+        self.hooks: dict[str, Callable[..., Any]] = dict(hooks)
         self._steps: dict[str, Step] = {}
         self._order: list[str] | None = None
 
@@ -118,15 +135,28 @@ class Workflow:
         concurrency: int | None = None,
         item_key: Callable[[Any], str] | None = None,
         description: str | None = None,
+        optional: bool = False,
+        on_exhausted: str = "fail",
+        compensate: Callable[..., Any] | None = None,
     ) -> Any:
         """Decorator registering a step. `retries=N` is shorthand for N retries after the first
-        attempt with the workflow's backoff; `retry=RetryPolicy(...)` says everything."""
+        attempt with the workflow's backoff; `retry=RetryPolicy(...)` says everything.
+
+        When retries run out the run fails, unless `optional` (dependents get None) or
+        `on_exhausted="pause"` (the run rests paused for a human). `compensate(ctx, output)`
+        undoes the step when the run fails or is cancelled with compensation."""
 
         def register(f: Callable[..., Any]) -> Step:
             step_name = name or f.__name__
             what = f"workflow {self.name}, step {step_name}"
             if step_name in self._steps:
                 raise DefinitionError(f"{what}: duplicate step name")
+            if not STEP_NAME.fullmatch(step_name):
+                raise DefinitionError(f"{what}: step names use letters, digits, '_' or '-'")
+            if on_exhausted not in ("fail", "pause"):
+                raise DefinitionError(f"{what}: on_exhausted must be 'fail' or 'pause'")
+            if optional and on_exhausted == "pause":
+                raise DefinitionError(f"{what}: an optional step cannot also pause the run")
             if step_name in RESERVED_PARAMS:
                 raise DefinitionError(f"{what}: {step_name!r} is reserved; rename the step")
             if retries is not None and retry is not None:
@@ -160,6 +190,9 @@ class Workflow:
                 concurrency=concurrency,
                 item_key=item_key,
                 description=doc.strip().splitlines()[0] if doc.strip() else "",
+                optional=optional,
+                on_exhausted=on_exhausted,
+                compensate=compensate,
                 params=params,
                 is_async=inspect.iscoroutinefunction(f),
             )

@@ -57,3 +57,12 @@ class StepContext:
         self._event("partial", {"value": value})
 
     log = progress
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a workflow hook receives as its first argument (its second is the event's metadata)."""
+
+    run_id: str
+    workflow: str
+    input: dict[str, Any]

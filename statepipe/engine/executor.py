@@ -3,13 +3,17 @@
 Each round commits one Change holding every transition it decided (steps finished, steps
 started, fan-outs expanded, the run finished), then launches the steps it started: so a step's
 output is durable before any step that consumes it begins, and a crash at any instant leaves
-the store in a state `resume` continues from."""
+the store in a state `resume` continues from.
+
+A run has two phases: its steps, then (only when it fails, or is cancelled with compensation)
+the compensations of its completed steps, newest first, each a persisted step of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +22,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
-from statepipe.engine.context import StepContext, StepInterrupted
+from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.outputs import encode, summarize
 from statepipe.errors import (
     ConflictError,
+    DatabaseUnavailable,
     LeaseLost,
     NonRetryable,
     OutputNotSerializable,
@@ -43,10 +48,15 @@ from statepipe.store.records import (
 if TYPE_CHECKING:
     from statepipe.engine.runtime import Runtime
 
+log = logging.getLogger("statepipe.executor")
+
+CANCEL_REQUESTS = ("cancel", "cancel_compensate")
+PAUSE_REQUESTS = ("pause", "pause_now")
+
 
 @dataclass(eq=False)
 class StepState:
-    """A step (or fan-out child) as the executor tracks it; `lc` is its lifecycle."""
+    """A step, fan-out child or compensation as the executor tracks it; `lc` is its lifecycle."""
 
     step: Step
     item: str
@@ -60,12 +70,13 @@ class StepState:
     next_attempt_at: datetime | None = None
     output: Any = None
     children: list[StepState] = field(default_factory=list)
+    undoes: StepState | None = None  # set on a compensation: the step it undoes
     ctx: StepContext | None = None
     began: float = 0.0
 
     @property
     def name(self) -> str:
-        return self.step.name
+        return f"{self.step.name}:compensate" if self.undoes else self.step.name
 
     @property
     def item_or_none(self) -> str | None:
@@ -78,6 +89,11 @@ class StepState:
     @property
     def state(self) -> str:
         return self.lc.state
+
+    @property
+    def satisfied(self) -> bool:
+        """Done as far as dependents care: succeeded, skipped, or an optional step that failed."""
+        return self.state in STEP_DONE or (self.state == "failed" and self.step.optional)
 
     def row(self) -> StepRowWrite:
         return StepRowWrite(
@@ -120,10 +136,16 @@ class RunExecutor:
         self.fence = fence
         self.run_lc = run_lifecycle(snap.run.state, self.run_id)
         self.started_at = snap.run.started_at
+        self.clock_start = snap.run.started_at  # what the run timeout counts from
+        self.request: str | None = snap.run.requested
         self.parents: dict[str, StepState] = {}
+        self.compensations: list[StepState] = []
         self.tasks: dict[asyncio.Task[Any], StepState] = {}
         self.failure: str | None = None
-        self.stopping = False
+        self.stopping = False  # shutdown: start nothing, leave the run resumable
+        self._interrupted = False
+        self._hooks: list[tuple[str, dict[str, Any]]] = []
+        self._late: list[NewEvent] = []  # events raised outside a round (hook failures)
         self._wake = asyncio.Event()
         self._load(snap)
 
@@ -152,6 +174,17 @@ class RunExecutor:
                 parent.children.append(child)
             if parent.state == "succeeded":
                 parent.output = [c.output for c in parent.children]
+        for row in snap.compensations():
+            target = self._find(row.compensates or "", row.item)
+            comp = self._state_from(target.step, row)
+            comp.undoes = target
+            self.compensations.append(comp)
+        if self.compensations:
+            self.failure = snap.run.error or "compensating"
+
+    def _find(self, name: str, item: str) -> StepState:
+        parent = self.parents[name]
+        return parent if not item else next(c for c in parent.children if c.item == item)
 
     def _state_from(self, step: Step, row: StepRow) -> StepState:
         return StepState(
@@ -172,21 +205,27 @@ class RunExecutor:
         for p in self.parents.values():
             out.append(p)
             out.extend(p.children)
-        return out
+        return out + self.compensations
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def execute(self) -> str:
-        """Run to an end; returns the run's final state, or "interrupted" when stopped early."""
+        """Run to an end; returns the run's final state (paused included), or "interrupted"
+        when stopped early and left resumable."""
         change = self._change()
         self._recover(change)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
-                launch = self._schedule(change)
+                self._check_deadline()
+                self._handle_request(change)
+                launch = self._schedule_compensation(change) if self.compensations else self._schedule(change)
                 self._maybe_finish(change)
+                change.events.extend(self._late)
+                self._late.clear()
                 if change.events:
                     await self._commit(change)
+                    await self._run_hooks()
                 change = self._change()
                 for st in launch:
                     self._launch(st)
@@ -213,7 +252,7 @@ class RunExecutor:
         state = self.run_lc.state
         if state == "pending":
             self.run_lc.send("start")
-            self.started_at = now
+            self.started_at = self.clock_start = now
             change.run = RunWrite("running", started_at=now)
             change.events.append(NewEvent("run_started", data={"owner": self.runtime.owner}))
         else:
@@ -221,16 +260,28 @@ class RunExecutor:
                 self.run_lc.send("unpause")
             elif state == "failed":
                 self.run_lc.send("reopen")
-            change.run = RunWrite("running")
+            clear = state == "paused" or self.request in PAUSE_REQUESTS
+            if clear:
+                self.request = None
+            change.run = RunWrite("running", error=self.failure if self.compensations else None, clear_request=clear)
             change.events.append(NewEvent("run_resumed", data={"owner": self.runtime.owner, "from_state": state}))
+        if state == "failed":
+            self.clock_start = now  # a reopened run gets its whole timeout again
+        retry_failed = state in ("failed", "paused") and not self.compensations
         for st in self.all_states():
-            if st.state == "running" and not (st.step.map_over and not st.item):
+            if st.state == "running" and not (st.step.map_over and not st.item and not st.undoes):
                 self._abandon(st, change, "the process running it stopped")
-            elif st.state == "failed" and state == "failed":
-                st.lc.send("reset")
-                st.error = None
-                change.steps.append(st.row())
-                change.events.append(st.event("step_reset", reason="resume of a failed run"))
+            elif st.state == "failed" and retry_failed:
+                self._reset(st, change, f"resume of a {state} run")
+                if st.step.map_over and not st.item and st.children:
+                    self._begin_attempt(st, change)  # its failed children run again under it
+        self._hook("on_init", resumed=state != "pending")
+
+    def _reset(self, st: StepState, change: Change, reason: str) -> None:
+        st.lc.send("reset")
+        st.error = None
+        change.steps.append(st.row())
+        change.events.append(st.event("step_reset", reason=reason))
 
     def _abandon(self, st: StepState, change: Change, reason: str) -> None:
         st.lc.send("interrupt")
@@ -239,6 +290,46 @@ class RunExecutor:
         )
         change.steps.append(st.row())
         change.events.append(st.event("attempt_abandoned", reason=reason))
+
+    # -- control ----------------------------------------------------------------------------
+
+    def set_request(self, kind: str | None) -> None:
+        """A control command arrived (through NOTIFY or the heartbeat)."""
+        if kind and kind != self.request and kind in CANCEL_REQUESTS + PAUSE_REQUESTS:
+            self.request = kind
+            if kind in CANCEL_REQUESTS or kind == "pause_now":
+                self._interrupt_tasks()
+            self._wake.set()
+
+    def _handle_request(self, change: Change) -> None:
+        """Carry out a pause or cancel once no step of ours is running."""
+        if self.request is None or self.tasks or self.run_lc.state != "running":
+            return
+        now = utcnow()
+        if self.request in PAUSE_REQUESTS:
+            self.run_lc.send("pause")
+            change.run = RunWrite("paused", clear_request=True)
+            change.events.append(NewEvent("run_paused", data={"request": self.request}))
+            return
+        if self.compensations:
+            return  # cancelled during compensation: compensation completes, then the run ends
+        for st in self.all_states():
+            if st.state in ("pending", "waiting") or (st.state == "running" and st.step.map_over and not st.item):
+                st.lc.send("cancel")
+                st.finished_at = now
+                change.steps.append(st.row())
+                change.events.append(st.event("step_cancelled"))
+        self.failure = self.failure or "cancelled"
+        if self.request == "cancel_compensate" and self._begin_compensation(change, "cancelled"):
+            return
+        self._end(change, "cancel", "cancelled", None)
+
+    def _check_deadline(self) -> None:
+        if self.wf.timeout is None or self.clock_start is None or self.failure:
+            return
+        if utcnow() - self.clock_start > timedelta(seconds=self.wf.timeout):
+            self.failure = f"run timed out after {self.wf.timeout:g}s"
+            self._interrupt_tasks()
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -249,7 +340,7 @@ class RunExecutor:
 
     def _schedule(self, change: Change) -> list[StepState]:
         """Decide every transition possible now; return the steps to launch after the commit."""
-        if self.stopping or self.failure or self.run_lc.state != "running":
+        if self.stopping or self.failure or self.request or self.run_lc.state != "running":
             return []
         launch: list[StepState] = []
         now = utcnow()
@@ -278,8 +369,7 @@ class RunExecutor:
                     continue
                 if not can_start(parent):
                     continue
-                deps = [self.parents[d] for d in parent.step.depends_on]
-                if not all(d.state in STEP_DONE for d in deps):
+                if not all(self.parents[d].satisfied for d in parent.step.depends_on):
                     continue
                 if parent.state == "pending" and parent.step.when is not None and not self._call_when(parent):
                     parent.lc.send("skip")
@@ -311,8 +401,8 @@ class RunExecutor:
         if not isinstance(source, list):
             problem = f"map_over {parent.step.map_over} returned {type(source).__name__}, expected a list"
         else:
-            for i, item in enumerate(source):
-                key = str(parent.step.item_key(item)) if parent.step.item_key else str(i)
+            for item in source:
+                key = str(parent.step.item_key(item)) if parent.step.item_key else str(len(keys))
                 if key in keys:
                     problem = f"item key {key!r} appears twice in {parent.step.map_over}'s output"
                     break
@@ -344,6 +434,8 @@ class RunExecutor:
         change.events.append(st.event("step_started"))
 
     def _kwargs(self, st: StepState, ctx: StepContext | None) -> dict[str, Any]:
+        if st.undoes is not None:
+            return self._compensation_kwargs(st, ctx)
         kwargs: dict[str, Any] = {}
         for p in st.step.params:
             if p.name == "ctx":
@@ -360,6 +452,12 @@ class RunExecutor:
                 kwargs[p.name] = p.default
         return kwargs
 
+    def _compensation_kwargs(self, st: StepState, ctx: StepContext | None) -> dict[str, Any]:
+        assert st.undoes is not None and st.step.compensate is not None
+        available = {"ctx": ctx, "output": st.undoes.output, "item": st.undoes.item_value, "input": self.input}
+        names = inspect.signature(st.step.compensate).parameters
+        return {n: available.get(n, self.input.get(n)) for n in names}
+
     def _launch(self, st: StepState) -> None:
         ctx = StepContext(self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish)
         st.ctx = ctx
@@ -370,10 +468,12 @@ class RunExecutor:
 
     async def _invoke(self, st: StepState, ctx: StepContext) -> Any:
         kwargs = self._kwargs(st, ctx)
-        if st.step.is_async:
-            awaitable: Any = st.step.fn(**kwargs)
+        fn = st.step.compensate if st.undoes is not None else st.step.fn
+        assert fn is not None
+        if inspect.iscoroutinefunction(fn):
+            awaitable: Any = fn(**kwargs)
         else:
-            awaitable = _run_in_thread(st.step.fn, kwargs, st.label)
+            awaitable = _run_in_thread(fn, kwargs, st.label)
         if st.step.timeout is None:
             return await awaitable
         try:
@@ -384,13 +484,20 @@ class RunExecutor:
 
     def _publish(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
+        if event.type == "progress" and "on_progress" in self.wf.hooks:
+            self._call_hook("on_progress", {"step": event.step, "item": event.item, **event.data}, self._publish_late)
+
+    def _publish_late(self, event: NewEvent) -> None:
+        self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
 
     async def _wait_for_work(self, change: Change) -> None:
         timeout = None
         waits = [st.next_attempt_at for st in self.all_states() if st.state == "waiting" and st.next_attempt_at]
+        if self.wf.timeout is not None and self.clock_start is not None and not self.failure:
+            waits.append(self.clock_start + timedelta(seconds=self.wf.timeout))
         if waits:
             timeout = max(0.0, (min(waits) - utcnow()).total_seconds())
-        if not self.tasks and timeout is None:
+        if not self.tasks and timeout is None and not self.request:
             if not self.failure:
                 raise RuntimeError(f"run {self.run_id}: nothing running and nothing ready")  # a bug, not a user error
             return
@@ -406,11 +513,7 @@ class RunExecutor:
     # -- outcomes ---------------------------------------------------------------------------
 
     def _settle(self, st: StepState, task: asyncio.Task[Any], change: Change) -> None:
-        error: BaseException | None
-        if task.cancelled():
-            error = StepInterrupted("cancelled")
-        else:
-            error = task.exception()
+        error: BaseException | None = StepInterrupted("cancelled") if task.cancelled() else task.exception()
         if error is None:
             try:
                 text = encode(task.result(), f"step {st.label}")
@@ -419,12 +522,21 @@ class RunExecutor:
             else:
                 self._succeed(st, change, text)
                 return
-        if isinstance(error, StepInterrupted) or (self.stopping and isinstance(error, asyncio.CancelledError)):
-            self._abandon(st, change, "interrupted")
+        if isinstance(error, StepInterrupted) or (self._interrupted and isinstance(error, asyncio.CancelledError)):
+            if self.request in CANCEL_REQUESTS and st.undoes is None:
+                st.lc.send("cancel")
+                st.finished_at = utcnow()
+                change.attempts_finished.append(
+                    AttemptWrite(st.name, st.item, st.attempt, "cancelled", finished_at=st.finished_at, error="cancelled")
+                )
+                change.steps.append(st.row())
+                change.events.append(st.event("step_cancelled"))
+            else:
+                self._abandon(st, change, self.failure if self.failure and "timed out" in self.failure else "interrupted")
             return
-        message = f"{type(error).__name__}: {error}" if not isinstance(error, (StepTimeout, OutputNotSerializable)) else str(error)
+        message = str(error) if isinstance(error, (StepTimeout, OutputNotSerializable)) else f"{type(error).__name__}: {error}"
         policy = self.wf.policy_for(st.step)
-        retryable = not isinstance(error, (OutputNotSerializable, NonRetryable))
+        retryable = not isinstance(error, OutputNotSerializable)
         if retryable and policy.should_retry(st.attempt, error) and not self.stopping:
             delay = policy.delay(st.attempt, error)
             st.lc.send("wait")
@@ -437,6 +549,7 @@ class RunExecutor:
             change.events.append(
                 st.event("step_retrying", error=message, delay_s=round(delay, 3), next_attempt_at=st.next_attempt_at.isoformat())
             )
+            self._hook("on_retry", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message, delay_s=delay)
             return
         self._fail(st, change, message)
 
@@ -451,9 +564,9 @@ class RunExecutor:
         change.events.append(
             st.event("step_succeeded", duration_s=round(time.monotonic() - st.began, 4), summary=summarize(st.output))
         )
-        if st.item:
+        if st.item and st.undoes is None:
             parent = self.parents[st.name]
-            if all(c.state == "succeeded" for c in parent.children):
+            if parent.state == "running" and all(c.state == "succeeded" for c in parent.children):
                 self._succeed_parent(parent, change)
 
     def _succeed_parent(self, parent: StepState, change: Change) -> None:
@@ -474,38 +587,129 @@ class RunExecutor:
             AttemptWrite(st.name, st.item, st.attempt, "failed", finished_at=st.finished_at, error=message)
         )
         change.steps.append(st.row())
-        change.events.append(st.event("step_failed", error=message))
-        self.failure = self.failure or f"step {st.label} failed: {message}"
+        change.events.append(st.event("step_failed", error=message, optional=st.step.optional))
+        self._hook("on_error", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message)
+        if st.undoes is not None:
+            return  # a failed compensation is reported; the others still run
         if st.item:
             parent = self.parents[st.name]
             if parent.state == "running":
-                self._fail(parent, change, f"item {st.item} failed")
+                self._fail(parent, change, f"item {st.item} failed: {message}")
+            return
+        if st.step.optional:
+            return
+        if st.step.on_exhausted == "pause" and self.request is None:
+            self.request = "pause"
+            return
+        self.failure = self.failure or f"step {st.label} failed: {message}"
 
     def _maybe_finish(self, change: Change) -> None:
-        if self.run_lc.state != "running" or self.tasks:
+        if self.run_lc.state != "running" or self.tasks or self.request or self.compensations:
             return
-        now = utcnow()
-        duration = round((now - self.started_at).total_seconds(), 3) if self.started_at else None
         if self.failure:
-            self.run_lc.send("fail")
-            change.run = RunWrite("failed", finished_at=now, error=self.failure)
-            change.events.append(NewEvent("run_failed", data={"error": self.failure, "duration_s": duration}))
-        elif all(p.state in STEP_DONE for p in self.parents.values()):
-            self.run_lc.send("succeed")
-            change.run = RunWrite("succeeded", finished_at=now)
-            change.events.append(NewEvent("run_succeeded", data={"duration_s": duration}))
+            if not self._begin_compensation(change, "failed"):
+                self._end(change, "fail", "failed", self.failure)
+        elif all(p.satisfied for p in self.parents.values()):
+            self._end(change, "succeed", "succeeded", None)
+
+    def _end(self, change: Change, event: str, state: str, error: str | None) -> None:
+        now = utcnow()
+        self.run_lc.send(event)
+        duration = round((now - self.started_at).total_seconds(), 3) if self.started_at else None
+        change.run = RunWrite(state, finished_at=now, error=error, clear_request=True)
+        data: dict[str, Any] = {"duration_s": duration}
+        if error:
+            data["error"] = error
+        change.events.append(NewEvent(f"run_{state}", data=data))
+        if state == "succeeded":
+            self._hook("on_success", duration_s=duration)
+        self._hook("on_complete", state=state, error=error, duration_s=duration)
+
+    # -- compensation -----------------------------------------------------------------------
+
+    def _begin_compensation(self, change: Change, ending: str) -> bool:
+        """Create one compensation per completed step that declares one, newest first; False
+        when there is nothing to undo."""
+        done = [st for st in self.all_states() if st.state == "succeeded" and st.step.compensate and not (st.step.map_over and not st.item)]
+        if not done:
+            return False
+        done.sort(key=lambda st: st.finished_at or utcnow(), reverse=True)
+        for i, target in enumerate(done):
+            comp = StepState(target.step, target.item, step_lifecycle("pending", f"{target.name}:compensate"), i, undoes=target)
+            self.compensations.append(comp)
+            change.new_steps.append(NewStepRow(comp.name, comp.item, i, "pending", [], compensates=target.name))
+        change.run = RunWrite("running", error=self.failure)
+        change.events.append(NewEvent("compensation_started", data={"steps": [c.label for c in self.compensations], "ending": ending}))
+        return True
+
+    def _schedule_compensation(self, change: Change) -> list[StepState]:
+        """Compensations run one at a time, in order; a failed one does not stop the rest."""
+        if self.stopping or self.tasks or self.run_lc.state != "running":
+            return []
+        now = utcnow()
+        for comp in self.compensations:
+            if comp.state in ("succeeded", "failed"):
+                continue
+            if comp.state == "waiting" and comp.next_attempt_at and comp.next_attempt_at > now:
+                return []
+            self._start(comp, change)
+            return [comp]
+        failed = [c.label for c in self.compensations if c.state == "failed"]
+        error = self.failure or "failed"
+        if failed:
+            error += f"; compensation failed: {', '.join(failed)}"
+        change.events.append(NewEvent("compensation_finished", data={"failed": failed}))
+        if self.request in CANCEL_REQUESTS:
+            self._end(change, "cancel", "cancelled", error if failed else None)
+        else:
+            self._end(change, "fail", "failed", error)
+        return []
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def _hook(self, name: str, **meta: Any) -> None:
+        if name in self.wf.hooks:
+            self._hooks.append((name, meta))
+
+    def _call_hook(self, name: str, meta: dict[str, Any], report: Callable[[NewEvent], None]) -> Any:
+        try:
+            return self.wf.hooks[name](HookContext(self.run_id, self.wf.name, self.input), meta)
+        except Exception as exc:  # a hook's bug is reported as an event; the run goes on
+            report(NewEvent("hook_failed", data={"hook": name, "error": f"{type(exc).__name__}: {exc}"}))
+            return None
+
+    async def _run_hooks(self) -> None:
+        """Hooks see committed state: they run after the round that triggered them."""
+        pending, self._hooks = self._hooks, []
+        for name, meta in pending:
+            result = self._call_hook(name, meta, self._late.append)
+            if inspect.isawaitable(result):
+                try:
+                    await result
+                except Exception as exc:  # same contract for async hooks
+                    self._late.append(NewEvent("hook_failed", data={"hook": name, "error": f"{type(exc).__name__}: {exc}"}))
+        if self._late and self.run_lc.state != "running":
+            change = self._change()
+            change.events.extend(self._late)
+            self._late.clear()
+            await self._commit(change)
 
     # -- stopping ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Start no new step; running steps finish (see `interrupt` for the rest)."""
+        """Shutdown: start no new step; running steps finish (see `interrupt` for the rest)."""
         self.stopping = True
         self._wake.set()
 
     def interrupt(self) -> None:
-        """Ask running steps to stop now: async ones are cancelled, sync ones stop at their next
-        emit/checkpoint or are abandoned."""
+        """Shutdown now: running steps are asked to stop and their attempts abandoned."""
         self.stopping = True
+        self._interrupt_tasks()
+
+    def _interrupt_tasks(self) -> None:
+        """Async steps are cancelled; sync ones stop at their next emit/checkpoint, or are
+        abandoned to finish on their own."""
+        self._interrupted = True
         for task, st in self.tasks.items():
             if st.ctx is not None:
                 st.ctx._stop.set()
@@ -521,7 +725,12 @@ class RunExecutor:
         ttl = self.runtime.lease_ttl
         while True:
             await asyncio.sleep(ttl / 3)
-            ok = await asyncio.to_thread(self.runtime.store.heartbeat, self.run_id, self.fence, ttl)
-            if not ok:
+            try:
+                owned, requested = await asyncio.to_thread(self.runtime.store.heartbeat, self.run_id, self.fence, ttl)
+            except DatabaseUnavailable as exc:  # keep working; the writer waits for the database too
+                log.warning("heartbeat of run %s failed: %s", self.run_id, exc)
+                continue
+            if not owned:
                 self.interrupt()
                 raise LeaseLost(f"run {self.run_id}: another executor took it over")
+            self.set_request(requested)

@@ -1,22 +1,33 @@
-"""A process's engine: one store, one writer, an owner id, and the runs it is executing."""
+"""A process's engine: one store, one writer, an owner id, and the runs it is executing.
+
+The same runtime serves `run`/`resume` (one run, in this process), `worker` and `batch` (claim
+whatever runs nobody holds, many at a time)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from statepipe.config import lease_seconds
-from statepipe.definition.loader import Loaded, load_ref
+from statepipe.definition.loader import Loaded, load, load_ref
 from statepipe.engine.executor import RunExecutor
 from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
-from statepipe.errors import InputError, LeaseLost
+from statepipe.errors import DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
 from statepipe.store.records import NewEvent, NewStepRow
-from statepipe.store.store import Store
+from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
+
+log = logging.getLogger("statepipe.runtime")
+
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -32,12 +43,30 @@ class Runtime:
         self.owner = new_owner_id()
         self.lease_ttl = lease_ttl or lease_seconds()
         self.executors: dict[str, RunExecutor] = {}
+        self.finished: list[Callable[[str, str], None]] = []  # called with (run_id, state)
+        self._claimed: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runnable = threading.Event()
+        self._closing = threading.Event()
+        self._control: threading.Thread | None = None
+        self._stopping = False
+        self._skip: set[str] = set()  # runs this process failed to load: another worker may succeed
 
     def listen(self, fn: Listener) -> None:
         self.writer.add_listener(fn)
 
-    def create_run(self, loaded: Loaded, run_input: dict[str, Any]) -> str:
-        """Validate the input against the workflow and record a pending run."""
+    # -- creating ---------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        loaded: Loaded,
+        run_input: dict[str, Any],
+        *,
+        detach: bool = False,
+        batch: tuple[str, int] | None = None,
+    ) -> str:
+        """Validate the input and record a pending run: owned by this runtime from the first
+        instant (so no worker grabs it), or, with `detach`, left for any worker."""
         wf = loaded.workflow
         if not isinstance(run_input, dict):
             raise InputError(f"run input must be a JSON object, got {type(run_input).__name__}")
@@ -52,31 +81,44 @@ class Runtime:
             for s in wf.steps
         ]
         event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input})
-        created = self.store.create_run(run_id, wf.name, loaded.ref, input_json, steps, event)
+        owner = None if detach else self.owner
+        created = self.store.create_run(
+            run_id, wf.name, loaded.ref, input_json, steps, event, owner=owner, ttl=self.lease_ttl, batch=batch
+        )
+        if owner is not None:
+            self._claimed[run_id] = 1
         self.writer.dispatch([created])
         return run_id
 
-    async def execute(self, run_id: str, loaded: Loaded | None = None) -> Outcome:
+    # -- executing --------------------------------------------------------------------------
+
+    async def execute(self, run_id: str, loaded: Loaded | None = None, fence: int | None = None) -> Outcome:
         """Claim the run (refusing a live owner), execute it to an end, release the lease."""
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        fence = await asyncio.to_thread(
-            self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead(run.owner)
-        )
-        released = False
+        self._ensure_control()
+        fence = fence or self._claimed.pop(run_id, None)
+        if fence is None:
+            run = await asyncio.to_thread(self.store.get_run, run_id)
+            fence = await asyncio.to_thread(
+                self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead(run.owner)
+            )
+        lost = False
         try:
             snap = await asyncio.to_thread(self.store.snapshot, run_id)
-            wf = (loaded or load_ref(snap.run.workflow_ref)).workflow
+            wf = (loaded or _load_for(snap.run.workflow_ref, snap.run.workflow)).workflow
             executor = RunExecutor(self, wf, snap, fence)
             self.executors[run_id] = executor
             state = await executor.execute()
-            return Outcome(run_id, state)
         except LeaseLost:
-            released = True  # someone else holds it now: nothing of ours to release
+            lost = True  # someone else holds it now: nothing of ours to release
             raise
         finally:
             self.executors.pop(run_id, None)
-            if not released:
+            if not lost:
                 await asyncio.to_thread(self.store.release, run_id, fence)
+        if state in FINISHED:
+            for fn in self.finished:
+                fn(run_id, state)
+        return Outcome(run_id, state)
 
     async def execute_many(self, run_ids: Sequence[str], concurrency: int, loaded: Loaded | None = None) -> list[Outcome]:
         """Execute runs with at most `concurrency` in flight; commits of all of them share batches."""
@@ -88,7 +130,91 @@ class Runtime:
 
         return list(await asyncio.gather(*(one(r) for r in run_ids)))
 
+    async def work(
+        self,
+        concurrency: int,
+        *,
+        workflows: Sequence[str] | None = None,
+        batch_id: str | None = None,
+        until_idle: bool = False,
+        poll: float = 2.0,
+    ) -> int:
+        """Claim and execute runs nobody holds until stopped (or, `until_idle`, until none is
+        left); returns how many runs this worker finished."""
+        self._ensure_control()
+        active: set[asyncio.Task[Outcome]] = set()
+        finished = 0
+        while not self._stopping:
+            free = concurrency - len(active)
+            claimed: list[tuple[str, int]] = []
+            if free > 0:
+                try:
+                    claimed = await asyncio.to_thread(
+                        self.store.claim_next, self.owner, self.lease_ttl, free,
+                        workflows=workflows, batch_id=batch_id, skip=sorted(self._skip),
+                    )
+                except DatabaseUnavailable as exc:
+                    log.warning("cannot claim runs: %s", exc)
+            for run_id, fence in claimed:
+                active.add(asyncio.create_task(self._execute_claimed(run_id, fence), name=run_id))
+            if until_idle and not active and not claimed:
+                break
+            self._runnable.clear()
+            waiters: set[asyncio.Future[Any]] = set(active)
+            if len(active) < concurrency:
+                waiters.add(asyncio.ensure_future(asyncio.to_thread(self._runnable.wait, poll)))
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & active:
+                active.discard(task)  # type: ignore[arg-type]
+                if not task.cancelled() and task.exception() is None and task.result().state in FINISHED:
+                    finished += 1
+        if active:
+            await asyncio.wait(active)
+        return finished
+
+    async def _execute_claimed(self, run_id: str, fence: int) -> Outcome:
+        try:
+            return await self.execute(run_id, fence=fence)
+        except StatepipeError as exc:  # one run we cannot execute (its code is missing here) must not stop a worker
+            log.error("run %s: %s; leaving it to other workers", run_id, exc)
+            self._skip.add(run_id)
+            return Outcome(run_id, "error")
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _ensure_control(self) -> None:
+        """One LISTEN connection per process carries pause/cancel requests to our executors and
+        wakes idle workers when a run becomes claimable."""
+        if self._control is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._control = threading.Thread(target=self._listen_control, name="statepipe-control", daemon=True)
+        self._control.start()
+
+    def _listen_control(self) -> None:
+        while not self._closing.is_set():
+            try:
+                with self.store.listening(CONTROL_CHANNEL, RUNNABLE_CHANNEL) as conn:
+                    while not self._closing.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self._on_notify(note.channel, note.payload)
+            except (DatabaseUnavailable, psycopg.Error) as exc:
+                log.warning("control channel lost: %s", exc)
+                self._closing.wait(1.0)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == RUNNABLE_CHANNEL:
+            self._runnable.set()
+            return
+        run_id, _, kind = payload.partition(":")
+        executor = self.executors.get(run_id)
+        if executor is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(executor.set_request, kind or None)
+
     def stop(self) -> None:
+        """Drain: claim nothing more, start no new step; running steps finish."""
+        self._stopping = True
+        self._runnable.set()
         for ex in list(self.executors.values()):
             ex.stop()
 
@@ -97,5 +223,14 @@ class Runtime:
             ex.interrupt()
 
     def close(self) -> None:
+        self._closing.set()
         self.writer.close()
         self.store.pool.close()
+
+
+def _load_for(ref: str, name: str) -> Loaded:
+    """The definition a run was started from; by name when that file is not on this machine."""
+    try:
+        return load_ref(ref)
+    except NotFoundError:
+        return load(name)

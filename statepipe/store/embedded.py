@@ -4,6 +4,7 @@ per-user data directory so the next command connects at once."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def ensure_running() -> ServerInfo:
     path = pgdata()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        import pgserver  # slow import (psutil, fasteners): only when the server must start
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver  # slow import (psutil, fasteners): only when the server must start
         from pgserver._commands import pg_ctl
 
         server = pgserver.get_server(path, cleanup_mode=None)

@@ -50,6 +50,7 @@ class NewStepRow:
     state: str
     depends_on: list[str]
     fanout: bool = False
+    compensates: str | None = None
 
 
 @dataclass
@@ -72,6 +73,7 @@ class RunWrite:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    clear_request: bool = False  # the control command (pause, cancel) has been carried out
 
 
 @dataclass
@@ -131,6 +133,9 @@ class RunRow:
     owner: str | None
     lease_expires_at: datetime | None
     fencing_token: int
+    requested: str | None = None
+    batch_id: str | None = None
+    batch_index: int | None = None
     steps_done: int = 0
     steps_total: int = 0
 
@@ -156,6 +161,8 @@ class RunRow:
             "steps_done": self.steps_done,
             "steps_total": self.steps_total,
             "owner": self.owner,
+            "requested": self.requested,
+            "batch_id": self.batch_id,
             "last_seq": self.last_seq,
         }
 
@@ -188,6 +195,7 @@ class StepRow:
     item: str
     item_index: int | None
     fanout: bool
+    compensates: str | None
     state: str
     depends_on: list[str]
     attempt: int
@@ -218,11 +226,15 @@ class RunSnapshot:
     steps: list[StepRow]
 
     def parents(self) -> list[StepRow]:
-        return [s for s in self.steps if s.item == ""]
+        return [s for s in self.steps if s.item == "" and s.compensates is None]
 
     def children(self, name: str) -> list[StepRow]:
         kids = [s for s in self.steps if s.name == name and s.item != ""]
         return sorted(kids, key=lambda s: s.item_index or 0)
+
+    def compensations(self) -> list[StepRow]:
+        """Compensation rows in the order they run (reverse completion of the steps they undo)."""
+        return sorted((s for s in self.steps if s.compensates is not None), key=lambda s: s.item_index or 0)
 
     def output_of(self, row: StepRow) -> Any:
         """A fan-out parent's output is its children's outputs in item order."""

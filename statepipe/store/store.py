@@ -33,16 +33,23 @@ LEASE_LOST_SQLSTATE = "SP001"
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
 
+CONTROL_CHANNEL = "statepipe_control"  # payload "<run_id>:<request>": wakes the run's owner
+RUNNABLE_CHANNEL = "statepipe_runnable"  # payload run id: a run wants an executor
+
+
 def channel(run_id: str) -> str:
+    """The per-run channel statepipe.append_events notifies (payload: the last seq)."""
     return "statepipe_" + run_id.replace("-", "")
 
 
 _RUN_COLUMNS = """
     r.id, r.workflow, r.workflow_ref, r.state, r.input, r.error, r.created_at, r.started_at,
     r.finished_at, r.updated_at, r.last_seq, r.owner, r.lease_expires_at, r.fencing_token,
+    r.requested, r.batch_id, r.batch_index,
     (SELECT count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped'))
-       FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '') AS steps_done,
-    (SELECT count(*) FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '') AS steps_total
+       FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_done,
+    (SELECT count(*) FROM statepipe.steps s
+      WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_total
 """
 
 
@@ -76,16 +83,42 @@ class Store:
         input_json: str,
         steps: Sequence[NewStepRow],
         event: NewEvent,
+        *,
+        owner: str | None = None,
+        ttl: float = 0.0,
+        batch: tuple[str, int] | None = None,
     ) -> Event:
+        """Record a pending run; owned by `owner` from the start (fence 1), or left for a worker."""
+        batch_id, batch_index = batch or (None, None)
         with self._tx() as conn, conn.transaction():
             conn.execute(
-                "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input)"
-                " VALUES (%s, %s, %s, 'pending', %s::jsonb)",
-                (run_id, workflow, workflow_ref, input_json),
+                "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner,"
+                " lease_expires_at, fencing_token, batch_id, batch_index)"
+                " VALUES (%s, %s, %s, 'pending', %s::jsonb, %s,"
+                " CASE WHEN %s::text IS NULL THEN NULL ELSE now() + %s END, 1, %s, %s)",
+                (run_id, workflow, workflow_ref, input_json, owner, owner, timedelta(seconds=ttl), batch_id, batch_index),
             )
             self._insert_steps(conn, run_id, steps)
-            (seq,) = self._append(conn, run_id, 0, [event])
+            (seq,) = self._append(conn, run_id, 1, [event])
+            if owner is None:
+                conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, run_id))
         return _event(run_id, seq, event)
+
+    def batch_runs(self, batch_id: str) -> dict[int, RunRow]:
+        with self._tx() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r WHERE r.batch_id = %s", (batch_id,)
+            ).fetchall()
+        return {int(r["batch_index"]): RunRow(**r) for r in rows}
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT CASE WHEN state = 'running' AND owner IS NULL THEN 'queued' ELSE state END, count(*)"
+                " FROM statepipe.runs WHERE batch_id = %s GROUP BY 1",
+                (batch_id,),
+            ).fetchall()
+        return {str(k): int(v) for k, v in rows}
 
     def resolve_run_id(self, prefix: str) -> str:
         """Full id from a unique prefix, as git does for commits."""
@@ -134,7 +167,7 @@ class Store:
         run = self.get_run(run_id)
         with self._tx() as conn:
             steps = conn.cursor(row_factory=dict_row).execute(
-                "SELECT name, item, item_index, fanout, state, depends_on, attempt, started_at,"
+                "SELECT name, item, item_index, fanout, compensates, state, depends_on, attempt, started_at,"
                 " finished_at, error, next_attempt_at FROM statepipe.steps WHERE run_id = %s"
                 " ORDER BY item_index NULLS FIRST, name, item",
                 (run_id,),
@@ -159,7 +192,7 @@ class Store:
                 "  FROM statepipe.steps s"
                 "  LEFT JOIN statepipe.attempts a ON a.run_id = s.run_id AND a.step = s.name"
                 "   AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
-                " WHERE s.run_id = ANY(%s) AND NOT EXISTS ("
+                " WHERE s.run_id = ANY(%s) AND s.compensates IS NULL AND NOT EXISTS ("
                 "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on))"
                 " ORDER BY s.run_id, s.name, s.item_index NULLS FIRST",
                 (list(run_ids),),
@@ -197,21 +230,68 @@ class Store:
             ).fetchone() or (0,)
         return int(token)
 
-    def heartbeat(self, run_id: str, fence: int, ttl: float) -> bool:
+    def claim_next(
+        self,
+        owner: str,
+        ttl: float,
+        limit: int,
+        *,
+        workflows: Sequence[str] | None = None,
+        batch_id: str | None = None,
+        skip: Sequence[str] = (),
+    ) -> list[tuple[str, int]]:
+        """Claim up to `limit` runs nobody holds (new, released, or whose owner's lease ran out),
+        oldest first; concurrent workers skip each other's rows instead of waiting."""
+        with self._tx() as conn, conn.transaction():
+            rows = conn.execute(
+                "WITH c AS (SELECT id FROM statepipe.runs"
+                "  WHERE state IN ('pending', 'running')"
+                "    AND (owner IS NULL OR lease_expires_at < now())"
+                "    AND (%(workflows)s::text[] IS NULL OR workflow = ANY(%(workflows)s::text[]))"
+                "    AND (%(batch)s::text IS NULL OR batch_id = %(batch)s::text)"
+                "    AND id <> ALL(%(skip)s::text[])"
+                "  ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                " UPDATE statepipe.runs r SET owner = %(owner)s, lease_expires_at = now() + %(ttl)s,"
+                "  fencing_token = r.fencing_token + 1"
+                " FROM c WHERE r.id = c.id RETURNING r.id, r.fencing_token",
+                {
+                    "workflows": list(workflows) if workflows else None,
+                    "batch": batch_id,
+                    "skip": list(skip),
+                    "limit": limit,
+                    "owner": owner,
+                    "ttl": timedelta(seconds=ttl),
+                },
+            ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def heartbeat(self, run_id: str, fence: int, ttl: float) -> tuple[bool, str | None]:
+        """Extend the lease; returns whether we still own the run, and any pending request."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE statepipe.runs SET lease_expires_at = now() + %s WHERE id = %s AND fencing_token = %s",
+            row = conn.execute(
+                "UPDATE statepipe.runs SET lease_expires_at = now() + %s WHERE id = %s AND fencing_token = %s"
+                " RETURNING requested",
                 (timedelta(seconds=ttl), run_id, fence),
-            )
-        return cur.rowcount == 1
+            ).fetchone()
+        return (row is not None, row[0] if row else None)
 
     def release(self, run_id: str, fence: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
+        """Give the run up; if it still wants executing, wake the workers."""
+        with self._tx() as conn, conn.transaction():
+            row = conn.execute(
                 "UPDATE statepipe.runs SET owner = NULL, lease_expires_at = NULL"
-                " WHERE id = %s AND fencing_token = %s",
+                " WHERE id = %s AND fencing_token = %s RETURNING state",
                 (run_id, fence),
-            )
+            ).fetchone()
+            if row and row[0] in ("pending", "running"):
+                conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, run_id))
+
+    def request(self, run_id: str, kind: str | None) -> None:
+        """Leave a control request (pause, pause_now, cancel, cancel_compensate) for the run's
+        owner, and wake it."""
+        with self._tx() as conn, conn.transaction():
+            conn.execute("UPDATE statepipe.runs SET requested = %s WHERE id = %s", (kind, run_id))
+            conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"{run_id}:{kind or ''}"))
 
     # -- the write path ---------------------------------------------------------------------
 
@@ -264,9 +344,9 @@ class Store:
     def _insert_steps(self, conn: psycopg.Connection[Any], run_id: str, steps: Sequence[NewStepRow]) -> None:
         if steps:
             conn.cursor().executemany(
-                "INSERT INTO statepipe.steps (run_id, name, item, item_index, fanout, state, depends_on)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [(run_id, s.name, s.item, s.item_index, s.fanout, s.state, s.depends_on) for s in steps],
+                "INSERT INTO statepipe.steps (run_id, name, item, item_index, fanout, compensates, state, depends_on)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [(run_id, s.name, s.item, s.item_index, s.fanout, s.compensates, s.state, s.depends_on) for s in steps],
             )
 
     def _apply(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> None:
@@ -275,8 +355,9 @@ class Store:
             if ch.run is not None:
                 cur.execute(
                     "UPDATE statepipe.runs SET state = %s, started_at = COALESCE(%s, started_at),"
-                    " finished_at = %s, error = %s WHERE id = %s",
-                    (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run_id),
+                    " finished_at = %s, error = %s,"
+                    " requested = CASE WHEN %s THEN NULL ELSE requested END WHERE id = %s",
+                    (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run.clear_request, ch.run_id),
                 )
             self._insert_steps(conn, ch.run_id, ch.new_steps)
         step_rows = [
@@ -321,11 +402,12 @@ class Store:
         return [Event(*r) for r in rows]
 
     @contextmanager
-    def listening(self, run_id: str) -> Iterator[psycopg.Connection[Any]]:
-        """A dedicated autocommit connection LISTENing on the run's channel."""
+    def listening(self, *channels: str) -> Iterator[psycopg.Connection[Any]]:
+        """A dedicated autocommit connection LISTENing on the given channels."""
         try:
             with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
-                conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel(run_id))))
+                for name in channels:
+                    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(name)))
                 yield conn
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc

@@ -279,6 +279,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing live events until the run ends.")] = False,
 ) -> None:
     """A run's events as JSONL. With --follow, exits when the run ends; the exit code says how."""
+    from statepipe.store.store import channel
     from statepipe.views.jsonl import TERMINAL_EVENTS, event_line
 
     store = _store(max_size=1)
@@ -304,7 +305,7 @@ def logs(
         if not follow:
             drain(after)
             return
-        with store.listening(full) as conn:
+        with store.listening(channel(full)) as conn:
             last, ended = drain(after)
             if ended is None:
                 state = store.get_run(full).state
