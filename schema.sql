@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS runs_state_created_idx ON statepipe.runs (state, crea
 CREATE INDEX IF NOT EXISTS runs_workflow_created_idx ON statepipe.runs (workflow, created_at DESC);
 -- what workers scan: the few runs that still want an executor
 CREATE INDEX IF NOT EXISTS runs_claimable_idx ON statepipe.runs (created_at)
-    WHERE state IN ('pending', 'running');
+    WHERE state IN ('pending', 'running') OR requested IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS runs_batch_idx ON statepipe.runs (batch_id, batch_index)
     WHERE batch_id IS NOT NULL;
 
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS statepipe.steps (
     run_id       text COLLATE "C" NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
     name         text NOT NULL,
     item         text NOT NULL DEFAULT '',   -- '' for a plain step, the item key for a fan-out child
+    position     integer NOT NULL DEFAULT 0, -- the step's place in the workflow, for display
     item_index   integer,                    -- position of a fan-out child in its parent's list
     fanout       boolean NOT NULL DEFAULT false, -- a map_over parent: its output is its children's
     compensates  text,                       -- set on "<step>:compensate" rows: the step they undo

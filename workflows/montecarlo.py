@@ -19,7 +19,7 @@ wf = Workflow(
     description="Seeded Monte Carlo estimates of pi, e and random-walk statistics, in parallel branches",
 )
 
-WALK_STEPS = 50  # even, so a walk can end back at the origin and the exact theory applies
+WALK_STEPS = 64  # even, so a walk can end back at the origin and the exact theory applies
 PROGRESS_REPORTS = 10  # per branch: enough to watch, few enough to cost nothing
 
 
@@ -103,7 +103,11 @@ def random_walk(ctx: StepContext, seed: int = 42, samples: int = 200_000) -> dic
 
 def _compare(estimate: float, theory: float, std_error: float | None = None) -> dict[str, Any]:
     """One estimate next to its exact value; the z-score says whether the gap is plausible noise."""
-    out: dict[str, Any] = {"estimate": round(estimate, 6), "theory": round(theory, 6), "error": round(estimate - theory, 6)}
+    out: dict[str, Any] = {
+        "estimate": round(estimate, 6),
+        "theory": round(theory, 6),
+        "error": round(estimate - theory, 6),
+    }
     if std_error:
         out["std_error"] = round(std_error, 6)
         out["z"] = round((estimate - theory) / std_error, 3)

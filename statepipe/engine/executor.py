@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("statepipe.executor")
 
 CANCEL_REQUESTS = ("cancel", "cancel_compensate")
+RETRY_REQUEST = "retry"
 PAUSE_REQUESTS = ("pause", "pause_now")
 
 
@@ -115,13 +116,19 @@ def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any], name: str) ->
         if not fut.done():
             fut.set_result(value) if ok else fut.set_exception(value)
 
+    def deliver(ok: bool, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop is gone: this attempt was abandoned, nobody waits for it
+            pass
+
     def target() -> None:
         try:
             result = fn(**kwargs)
         except BaseException as exc:  # delivered to the awaiting task, where it is classified
-            loop.call_soon_threadsafe(settle, False, exc)
+            deliver(False, exc)
         else:
-            loop.call_soon_threadsafe(settle, True, result)
+            deliver(True, result)
 
     threading.Thread(target=target, name=f"step-{name}", daemon=True).start()
     return fut
@@ -181,6 +188,10 @@ class RunExecutor:
             self.compensations.append(comp)
         if self.compensations:
             self.failure = snap.run.error or "compensating"
+        else:  # a step failed, then its executor died before the run could end: it ends failed
+            failed = [p for p in self.parents.values() if p.state == "failed" and not p.step.optional]
+            if failed:
+                self.failure = f"step {failed[0].name} failed: {failed[0].error}"
 
     def _find(self, name: str, item: str) -> StepState:
         parent = self.parents[name]
@@ -260,14 +271,16 @@ class RunExecutor:
                 self.run_lc.send("unpause")
             elif state == "failed":
                 self.run_lc.send("reopen")
-            clear = state == "paused" or self.request in PAUSE_REQUESTS
-            if clear:
+            retry = self.request == RETRY_REQUEST  # batch re-runs a failed run's failed steps
+            if retry:
                 self.request = None
-            change.run = RunWrite("running", error=self.failure if self.compensations else None, clear_request=clear)
+            change.run = RunWrite("running", error=self.failure if self.compensations else None, clear_request=retry)
             change.events.append(NewEvent("run_resumed", data={"owner": self.runtime.owner, "from_state": state}))
         if state == "failed":
             self.clock_start = now  # a reopened run gets its whole timeout again
         retry_failed = state in ("failed", "paused") and not self.compensations
+        if retry_failed:
+            self.failure = None
         for st in self.all_states():
             if st.state == "running" and not (st.step.map_over and not st.item and not st.undoes):
                 self._abandon(st, change, "the process running it stopped")
@@ -415,9 +428,14 @@ class RunExecutor:
         for i, (key, item) in enumerate(zip(keys, source)):
             child = StepState(parent.step, key, step_lifecycle("pending", f"{parent.name}[{key}]"), i, item)
             parent.children.append(child)
-            change.new_steps.append(NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on)))
+            change.new_steps.append(
+                NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on), position=self._position(parent))
+            )
         if not keys:
             self._succeed_parent(parent, change)
+
+    def _position(self, st: StepState) -> int:
+        return list(self.parents).index(st.name)
 
     def _begin_attempt(self, st: StepState, change: Change) -> None:
         st.lc.send("start")
@@ -637,7 +655,7 @@ class RunExecutor:
         for i, target in enumerate(done):
             comp = StepState(target.step, target.item, step_lifecycle("pending", f"{target.name}:compensate"), i, undoes=target)
             self.compensations.append(comp)
-            change.new_steps.append(NewStepRow(comp.name, comp.item, i, "pending", [], compensates=target.name))
+            change.new_steps.append(NewStepRow(comp.name, comp.item, i, "pending", [], compensates=target.name, position=i))
         change.run = RunWrite("running", error=self.failure)
         change.events.append(NewEvent("compensation_started", data={"steps": [c.label for c in self.compensations], "ending": ending}))
         return True

@@ -21,18 +21,23 @@ def encode(value: Any, what: str) -> str:
 
 def summarize(value: Any, width: int = 80) -> str:
     """One line describing an output, for the live display and step events."""
-    if value is None:
-        return "None"
+    text = _brief(value, width)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _brief(value: Any, width: int) -> str:
     if isinstance(value, str):
         lines = value.strip().splitlines()
-        text = lines[-1] if lines else ""
-    elif isinstance(value, list):
-        text = f"[{len(value)} items]"
-    elif isinstance(value, dict) and len(value) > 12:
-        text = "{" + ", ".join(map(str, list(value)[:12])) + ", …}"
-    elif isinstance(value, dict):
-        text = json.dumps({k: summarize(v, 24) if isinstance(v, (list, dict)) else v for k, v in value.items()},
-                          separators=(", ", ": "), default=str, ensure_ascii=False)
-    else:
-        text = json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 1] + "…"
+        return lines[-1] if lines else ""
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):
+        parts = []
+        for key, inner in list(value.items())[:12]:
+            shown = _brief(inner, 24) if isinstance(inner, (list, dict)) else json.dumps(inner, default=str, ensure_ascii=False)
+            parts.append(f"{key}: {shown if len(shown) <= 24 else shown[:23] + '…'}")
+            if sum(len(p) + 2 for p in parts) > width:
+                break
+        more = ", …" if len(parts) < len(value) else ""
+        return "{" + ", ".join(parts) + more + "}"
+    return json.dumps(value, default=str)

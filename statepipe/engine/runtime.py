@@ -77,8 +77,8 @@ class Runtime:
             raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
         run_id = str(uuid.uuid4())
         steps = [
-            NewStepRow(s.name, "", None, "pending", list(s.depends_on), fanout=s.map_over is not None)
-            for s in wf.steps
+            NewStepRow(s.name, "", None, "pending", list(s.depends_on), fanout=s.map_over is not None, position=i)
+            for i, s in enumerate(wf.steps)
         ]
         event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input})
         owner = None if detach else self.owner

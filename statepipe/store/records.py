@@ -51,6 +51,7 @@ class NewStepRow:
     depends_on: list[str]
     fanout: bool = False
     compensates: str | None = None
+    position: int = 0
 
 
 @dataclass

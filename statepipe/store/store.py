@@ -169,7 +169,7 @@ class Store:
             steps = conn.cursor(row_factory=dict_row).execute(
                 "SELECT name, item, item_index, fanout, compensates, state, depends_on, attempt, started_at,"
                 " finished_at, error, next_attempt_at FROM statepipe.steps WHERE run_id = %s"
-                " ORDER BY item_index NULLS FIRST, name, item",
+                " ORDER BY compensates IS NOT NULL, position, item_index NULLS FIRST",
                 (run_id,),
             ).fetchall()
             attempts = conn.cursor(row_factory=dict_row).execute(
@@ -245,7 +245,7 @@ class Store:
         with self._tx() as conn, conn.transaction():
             rows = conn.execute(
                 "WITH c AS (SELECT id FROM statepipe.runs"
-                "  WHERE state IN ('pending', 'running')"
+                "  WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry'))"
                 "    AND (owner IS NULL OR lease_expires_at < now())"
                 "    AND (%(workflows)s::text[] IS NULL OR workflow = ANY(%(workflows)s::text[]))"
                 "    AND (%(batch)s::text IS NULL OR batch_id = %(batch)s::text)"
@@ -287,8 +287,8 @@ class Store:
                 conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, run_id))
 
     def request(self, run_id: str, kind: str | None) -> None:
-        """Leave a control request (pause, pause_now, cancel, cancel_compensate) for the run's
-        owner, and wake it."""
+        """Leave a control request (pause, pause_now, cancel, cancel_compensate; retry for a
+        failed run a worker should take up again) for the run's owner, and wake it."""
         with self._tx() as conn, conn.transaction():
             conn.execute("UPDATE statepipe.runs SET requested = %s WHERE id = %s", (kind, run_id))
             conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"{run_id}:{kind or ''}"))
@@ -344,9 +344,9 @@ class Store:
     def _insert_steps(self, conn: psycopg.Connection[Any], run_id: str, steps: Sequence[NewStepRow]) -> None:
         if steps:
             conn.cursor().executemany(
-                "INSERT INTO statepipe.steps (run_id, name, item, item_index, fanout, compensates, state, depends_on)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [(run_id, s.name, s.item, s.item_index, s.fanout, s.compensates, s.state, s.depends_on) for s in steps],
+                "INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(run_id, s.name, s.item, s.position, s.item_index, s.fanout, s.compensates, s.state, s.depends_on) for s in steps],
             )
 
     def _apply(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> None:

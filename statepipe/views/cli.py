@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -36,7 +35,13 @@ app = typer.Typer(
 db_app = typer.Typer(help="Manage the embedded PostgreSQL.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-OUTCOME_EXIT = {"succeeded": 0, "failed": EXIT_RUN_FAILED, "cancelled": EXIT_RUN_CANCELLED, "interrupted": EXIT_INTERRUPTED}
+OUTCOME_EXIT = {
+    "succeeded": 0,
+    "paused": 0,
+    "failed": EXIT_RUN_FAILED,
+    "cancelled": EXIT_RUN_CANCELLED,
+    "interrupted": EXIT_INTERRUPTED,
+}
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Options:
 
 
 OPTS = Options()
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def out_console() -> Console:
@@ -123,50 +128,59 @@ def parse_since(text: str | None) -> datetime | None:
 # -- executing --------------------------------------------------------------------------------
 
 
+def _drain_on_signals(runtime: Any, grace: float, what: str) -> None:
+    """First SIGINT/SIGTERM: start nothing new, give running steps `grace` seconds, then
+    interrupt them; a second signal exits at once. Either way the run stays resumable."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    count = {"n": 0}
+
+    def on_signal() -> None:
+        count["n"] += 1
+        if count["n"] > 1:
+            os._exit(EXIT_INTERRUPTED)  # the next owner resumes; nothing committed is lost
+        err.print(f"stopping {what}: no new steps; waiting up to {grace:g}s for running steps (signal again to quit now)")
+        runtime.stop()
+        loop.call_later(grace, runtime.interrupt)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+
 def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: dict[str, Any] | None, grace: float) -> int:
     """Shared by run and resume: views on, execute with signal handling, result written."""
     import asyncio
 
     from statepipe.definition.loader import load
     from statepipe.engine.runtime import Runtime
-    from statepipe.views.jsonl import EventFiles, StdoutEvents, append_result, result_record
+    from statepipe.views.jsonl import EventFiles, ResultWriter, StdoutEvents
     from statepipe.views.live import LiveView
 
     out_dir = config.output_dir(OPTS.output_dir)
     runtime = Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
+    runtime.finished.append(ResultWriter(store, out_dir))
     interactive = sys.stdout.isatty()
     loaded = load(workflow) if workflow else None
-    piped = StdoutEvents()
     if not interactive:
-        runtime.listen(piped.write)
+        runtime.listen(StdoutEvents().write)
     if run_id is None:
         assert loaded is not None and run_input is not None
         run_id = runtime.create_run(loaded, run_input)
     err.print(f"run [bold]{run_id}[/bold]" if interactive else f"run {run_id}", highlight=False)
 
-    console = out_console()
-    live = LiveView(console, run_id, loaded.workflow.name if loaded else store.get_run(run_id).workflow, store.snapshot(run_id)) if interactive else None
-    if live is not None:
+    live = None
+    if interactive:
+        snap = store.snapshot(run_id)
+        live = LiveView(out_console(), run_id, snap.run.workflow, snap)
         runtime.listen(live.update)
 
     async def main() -> str:
-        loop = asyncio.get_running_loop()
-        signals = {"count": 0}
-
-        def on_signal(signum: int) -> None:
-            signals["count"] += 1
-            if signals["count"] > 1:
-                os._exit(EXIT_INTERRUPTED)  # the next owner resumes; nothing committed is lost
-            err.print(f"stopping: no new steps; waiting up to {grace:g}s for running steps (again to quit now)")
-            runtime.stop()
-            loop.call_later(grace, runtime.interrupt)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        outcome = await runtime.execute(run_id, loaded)
-        return outcome.state
+        _drain_on_signals(runtime, grace, "the run")
+        return (await runtime.execute(run_id, loaded)).state
 
     try:
         if live is not None:
@@ -177,15 +191,12 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
         runtime.writer.flush()
     finally:
         files.close()
-    run = store.get_run(run_id)
-    if state in ("succeeded", "failed", "cancelled"):
-        append_result(out_dir, result_record(run, store.results([run_id]).get(run_id)))
-    _report(run, state, interactive)
+    _report(store.get_run(run_id), state)
     runtime.close()
     return OUTCOME_EXIT.get(state, 0)
 
 
-def _report(run: Any, state: str, interactive: bool) -> None:
+def _report(run: Any, state: str) -> None:
     from statepipe.views.style import format_duration
 
     if state == "succeeded":
@@ -194,6 +205,8 @@ def _report(run: Any, state: str, interactive: bool) -> None:
         err.print(f"[red]failed[/red]: {run.error}\nretry the failed steps with: statepipe resume {run.id}")
     elif state == "interrupted":
         err.print(f"interrupted; the run is resumable: statepipe resume {run.id}")
+    elif state == "paused":
+        err.print(f"paused; continue with: statepipe resume {run.id}")
     else:
         err.print(f"run {run.id} is {state}")
 
@@ -204,13 +217,21 @@ def run(
     inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (value read as JSON if it parses). Repeatable.")] = [],
     input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="JSON object file; - reads stdin.")] = None,
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Only enqueue: a `statepipe worker` executes it. Prints the run id.")] = False,
 ) -> None:
     """Run a workflow: live step tree on a terminal, JSONL events when piped."""
     from statepipe.definition.loader import load
 
     run_input = parse_inputs(inputs, input_file)
-    load(workflow)  # a bad workflow is reported before the database is touched
+    loaded = load(workflow)  # a bad workflow is reported before the database is touched
     store = _store()
+    if detach:
+        from statepipe.engine.runtime import Runtime
+
+        runtime = Runtime(store)
+        typer.echo(runtime.create_run(loaded, run_input, detach=True))
+        runtime.close()
+        return
     raise typer.Exit(_execute(store, None, workflow, run_input, grace))
 
 
@@ -218,15 +239,27 @@ def run(
 def resume(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Hand it to a `statepipe worker` instead of running it here.")] = False,
 ) -> None:
-    """Continue a run after a crash, Ctrl-C or failure; completed steps are not run again."""
+    """Continue a run after a crash, Ctrl-C, pause or failure; completed steps are not run again."""
+    from statepipe.errors import ConflictError
+
     store = _store()
     full = store.resolve_run_id(run_id)
     run = store.get_run(full)
     if run.state in ("succeeded", "cancelled"):
-        from statepipe.errors import ConflictError
-
         raise ConflictError(f"run {full} already {run.state}; nothing to resume")
+    if run.requested in ("pause", "pause_now"):
+        store.request(full, None)  # resuming overrules a pause nobody carried out yet
+    if detach:
+        from statepipe.engine.control import resume_detached
+        from statepipe.engine.runtime import Runtime
+
+        runtime = Runtime(store)
+        changed = resume_detached(runtime, full)
+        runtime.close()
+        err.print(f"run {full}: {changed.note}")
+        return
     raise typer.Exit(_execute(store, full, None, None, grace))
 
 
@@ -344,6 +377,207 @@ def graph(
 
     wf = load(workflow).workflow
     sys.stdout.write((graph_mermaid(wf) if mermaid else graph_text(wf)) + "\n")
+
+
+def _select_runs(store: Any, run_ids: list[str], workflow: str | None, status: list[str], since: str | None, default_states: tuple[str, ...]) -> list[Any]:
+    """Runs named by id, or chosen by filter among those in `default_states`."""
+    if run_ids:
+        if workflow or status or since:
+            raise InputError("give run ids or filters (--workflow, --status, --since), not both")
+        return [store.get_run(store.resolve_run_id(r)) for r in run_ids]
+    if not (workflow or status or since):
+        raise InputError("name the runs: give run ids, or select them with --workflow, --status or --since")
+    return store.list_runs(states=status or default_states, workflow=workflow, since=parse_since(since), limit=10_000)
+
+
+def _confirm(runs: list[Any], verb: str, yes: bool, by_filter: bool) -> bool:
+    """Runs named by id are meant; a filter's catch is shown and confirmed first."""
+    if yes or not runs or not by_filter:
+        return True
+    if not sys.stdin.isatty():
+        raise InputError(f"{verb} {len(runs)} run(s)? pass -y to confirm when not on a terminal")
+    for r in runs:
+        err.print(f"  {r.id[:8]}  {r.workflow}  {r.state}")
+    return typer.confirm(f"{verb.capitalize()} {len(runs)} run(s)?", default=False)
+
+
+def _control(run_ids: list[str], kind: str, verb: str, workflow: str | None, status: list[str], since: str | None, yes: bool, wait: float, as_json: bool) -> None:
+    import asyncio
+
+    from statepipe.engine.control import control
+    from statepipe.engine.runtime import Runtime
+
+    store = _store()
+    runs = _select_runs(store, run_ids, workflow, status, since, ("pending", "running", "paused") if kind.startswith("cancel") else ("pending", "running"))
+    if not _confirm(runs, verb, yes, by_filter=not run_ids):
+        raise typer.Exit(EXIT_INTERRUPTED)
+    runtime = Runtime(store)
+
+    async def main() -> list[Any]:
+        return [await control(runtime, r.id, kind, wait) for r in runs]
+
+    try:
+        changed = asyncio.run(main())
+    finally:
+        runtime.close()
+    if as_json:
+        _emit_json([c.as_json() for c in changed])
+        return
+    if not changed:
+        err.print("no runs matched")
+    for c in changed:
+        note = f" ({c.note})" if c.note else ""
+        typer.echo(f"{c.run_id}  {c.before} -> {c.after}{note}")
+
+
+RunIds = Annotated[Optional[list[str]], typer.Argument(help="Run ids (unique prefixes are enough).", show_default=False)]
+FilterWorkflow = Annotated[Optional[str], typer.Option("--workflow", "-w", help="Every matching run of this workflow.")]
+FilterStatus = Annotated[list[str], typer.Option("--status", "-s", help="Only runs in this state. Repeatable.")]
+FilterSince = Annotated[Optional[str], typer.Option(help="Only runs created since: 30m, 12h, 7d or an ISO date.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+AsJson = Annotated[bool, typer.Option("--json", help="What changed, as JSON.")]
+
+
+@app.command()
+def cancel(
+    run_ids: RunIds = None,
+    workflow: FilterWorkflow = None,
+    status: FilterStatus = [],
+    since: FilterSince = None,
+    compensate: Annotated[bool, typer.Option("--compensate", help="Undo completed steps that declare a compensation.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a live owner to stop.")] = 30.0,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Cancel runs, whether their process is alive or dead."""
+    _control(run_ids or [], "cancel_compensate" if compensate else "cancel", "cancel", workflow, status, since, yes, wait, as_json)
+
+
+@app.command()
+def pause(
+    run_ids: RunIds = None,
+    workflow: FilterWorkflow = None,
+    status: FilterStatus = [],
+    since: FilterSince = None,
+    now: Annotated[bool, typer.Option("--now", help="Stop running steps too (they run again on resume).")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a live owner to pause.")] = 0.0,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Pause runs: no new step starts; running steps finish (or stop, with --now)."""
+    _control(run_ids or [], "pause_now" if now else "pause", "pause", workflow, status, since, yes, wait if not now else max(wait, 30.0), as_json)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs in flight at once.")] = 4,
+    workflows: Annotated[Optional[str], typer.Option("--workflows", help="Comma-separated workflow names to take (default: all).")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish on SIGTERM/SIGINT.")] = 30.0,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when no run is left to claim.")] = False,
+) -> None:
+    """Execute runs from the shared database: enqueued ones, released ones, and those whose owner died."""
+    import asyncio
+
+    from statepipe.engine.runtime import Runtime
+    from statepipe.views.jsonl import EventFiles, ResultWriter
+
+    store = _store(max_size=max(4, concurrency + 2))
+    out_dir = config.output_dir(OPTS.output_dir)
+    runtime = Runtime(store)
+    files = EventFiles(out_dir, store)
+    runtime.listen(files.write)
+    runtime.finished.append(ResultWriter(store, out_dir))
+    runtime.finished.append(lambda run_id, state: err.print(f"{run_id} {state}"))
+    names = [w.strip() for w in workflows.split(",") if w.strip()] if workflows else None
+    err.print(f"worker {runtime.owner}: up to {concurrency} runs" + (f" of {', '.join(names)}" if names else ""))
+
+    async def main() -> int:
+        _drain_on_signals(runtime, grace, "the worker")
+        return await runtime.work(concurrency, workflows=names, until_idle=until_idle)
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        files.close()
+        runtime.close()
+    err.print(f"worker stopped after finishing {done} run(s)")
+
+
+@app.command()
+def batch(
+    workflow: Annotated[str, typer.Argument(help="Workflow name or file.py[:object].")],
+    inputs_file: Annotated[Path, typer.Argument(help="JSONL: one JSON object of input per line.", show_default=False)],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs in flight at once.")] = 4,
+    processes: Annotated[Optional[int], typer.Option("--processes", "-p", min=1, help="Worker processes (default: min(concurrency, CPUs)).")] = None,
+    batch_id: Annotated[Optional[str], typer.Option("--batch-id", help="Name of the batch (default: derived from the workflow and inputs).")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print each run's result line to stdout.")] = False,
+) -> None:
+    """One run per input line over a pool of processes; exit 0 only if every run succeeded.
+
+    Run it again with the same file and only what did not succeed runs again."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from statepipe.definition.loader import load
+    from statepipe.engine import batch as batches
+    from statepipe.engine.runtime import Runtime
+    from statepipe.store.database import resolve_url
+    from statepipe.views.jsonl import result_record
+
+    loaded = load(workflow)
+    inputs = batches.read_inputs(inputs_file, str(inputs_file))
+    store = _store()
+    runtime = Runtime(store)
+    bid = batch_id or batches.batch_id_for(loaded.workflow.name, inputs)
+    plan = batches.prepare(runtime, loaded, inputs, bid)
+    err.print(f"batch {bid}: {plan.total} inputs; {plan.created} new, {plan.retried} to retry, {plan.kept} kept")
+    out_dir = config.output_dir(OPTS.output_dir)
+    nproc = processes or batches.default_processes(concurrency)
+    began = time.monotonic()
+    pool = batches.start_pool(resolve_url(config.database_url(OPTS.database_url)), bid, concurrency, nproc, out_dir, runtime.lease_ttl)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] [yellow]{task.fields[running]} running[/]"),
+        TextColumn("{task.fields[rate]}/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not err.is_terminal,
+    )
+    try:
+        with progress:
+            task = progress.add_task(loaded.workflow.name, total=plan.total, ok=0, failed=0, running=0, rate="0.0")
+            while True:
+                alive = any(p.is_alive() for p in pool)
+                counts = batches.summary(store, bid)
+                finished = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+                rate = finished / max(time.monotonic() - began, 1e-6)
+                progress.update(task, completed=finished, ok=counts["succeeded"], failed=counts["failed"] + counts["cancelled"], running=counts["running"], rate=f"{rate:.1f}")
+                if not alive:
+                    break
+                time.sleep(0.25)
+    except KeyboardInterrupt:
+        err.print("stopping the batch: workers finish their running steps; run the same command to continue")
+        batches.drain(pool)
+        for p in pool:
+            p.join()
+        raise typer.Exit(EXIT_INTERRUPTED)
+    for p in pool:
+        p.join()
+    elapsed = time.monotonic() - began
+    runs = store.batch_runs(bid)
+    results = store.results([r.id for r in runs.values()])
+    if jsonl:
+        for index in sorted(runs):
+            run = runs[index]
+            sys.stdout.write(json.dumps(result_record(run, results.get(run.id)), default=str, ensure_ascii=False) + "\n")
+    counts = batches.summary(store, bid)
+    table = Table(title=f"batch {bid}", title_justify="left")
+    for col in ("runs", "succeeded", "failed", "cancelled", "unfinished", "time", "runs/s"):
+        table.add_column(col, justify="right")
+    unfinished = plan.total - counts["succeeded"] - counts["failed"] - counts["cancelled"]
+    table.add_row(str(plan.total), str(counts["succeeded"]), str(counts["failed"]), str(counts["cancelled"]), str(unfinished), f"{elapsed:.1f}s", f"{(plan.created + plan.retried) / max(elapsed, 1e-6):.1f}")
+    err.print(table)
+    runtime.close()
+    raise typer.Exit(0 if counts["succeeded"] == plan.total else EXIT_RUN_FAILED)
 
 
 @db_app.command("status")

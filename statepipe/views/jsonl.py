@@ -127,3 +127,15 @@ def append_result(output_dir: Path, record: dict[str, Any]) -> None:
     line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode()
     with (output_dir / "results.jsonl").open("ab") as fh:
         fh.write(line)
+
+
+class ResultWriter:
+    """Runtime.finished callback: a finished run's line in results.jsonl, read back from the store."""
+
+    def __init__(self, store: Store, output_dir: Path) -> None:
+        self.store = store
+        self.output_dir = output_dir
+
+    def __call__(self, run_id: str, _state: str) -> None:
+        run = self.store.get_run(run_id)
+        append_result(self.output_dir, result_record(run, self.store.results([run_id]).get(run_id)))

@@ -30,6 +30,7 @@ class _Row:
     began: float | None = None
     elapsed: float | None = None
     line: str = ""
+    tail: str = ""  # the end of the streamed output, to show its last line
     items: int | None = None
     children: dict[str, _Row] = field(default_factory=dict)
 
@@ -90,7 +91,7 @@ class LiveView:
             row.state, row.attempt, row.began, row.elapsed = "running", e.attempt or 0, time.monotonic(), None
             if "items" in data:
                 row.items = data["items"]
-            row.line = ""
+            row.line = row.tail = ""
         elif e.type in ("step_succeeded", "step_failed", "step_skipped", "step_retrying", "attempt_abandoned"):
             row.state = {
                 "step_succeeded": "succeeded",
@@ -108,8 +109,10 @@ class LiveView:
         elif e.type == "progress":
             row.line = str(data.get("message", ""))
         elif e.type == "output":
-            text = (row.line if row.line and not row.line.endswith("\n") else "") + str(data.get("text", ""))
-            row.line = text.rstrip("\n").splitlines()[-1] if text.strip() else row.line
+            row.tail = (row.tail + str(data.get("text", "")))[-400:]
+            lines = [ln for ln in row.tail.splitlines() if ln.strip()]
+            if lines:
+                row.line = lines[-1]
         elif e.type == "partial":
             row.line = str(data.get("value"))[:200]
 

@@ -1,0 +1,91 @@
+"""Pause, cancel and detached resume from another terminal.
+
+A request is written to the run row and NOTIFYed; a live owner carries it out. When nobody
+owns the run (its process died, or it rests paused), the command claims the run and carries the
+request out itself, through the same executor, so every change still passes the lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS
+from statepipe.engine.lease import owner_is_dead
+from statepipe.engine.runtime import FINISHED, Runtime
+from statepipe.errors import ConflictError
+from statepipe.lifecycles import run_lifecycle
+from statepipe.store.records import Change, NewEvent, RunRow, RunWrite, utcnow
+from statepipe.store.store import channel
+
+
+@dataclass(frozen=True)
+class Changed:
+    run_id: str
+    before: str
+    after: str
+    note: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "before": self.before, "after": self.after, "note": self.note}
+
+
+def _live_owner(run: RunRow) -> bool:
+    return bool(
+        run.owner
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > utcnow()
+        and not owner_is_dead(run.owner)
+    )
+
+
+async def control(runtime: Runtime, run_id: str, kind: str, wait: float) -> Changed:
+    """Carry out `kind` (pause, pause_now, cancel, cancel_compensate) on one run."""
+    store = runtime.store
+    run = await asyncio.to_thread(store.get_run, run_id)
+    target = "cancelled" if kind in CANCEL_REQUESTS else "paused"
+    if run.state in FINISHED or (kind in PAUSE_REQUESTS and run.state == "paused"):
+        return Changed(run_id, run.state, run.state, f"already {run.state}")
+    await asyncio.to_thread(store.request, run_id, kind)
+    if _live_owner(run):
+        state = await asyncio.to_thread(_await_owner, runtime, run_id, target, wait)
+        if state is not None:
+            return Changed(run_id, run.state, state, f"carried out by {run.owner}" if state == target else f"requested; {run.owner} will carry it out")
+    outcome = await runtime.execute(run_id)
+    return Changed(run_id, run.state, outcome.state)
+
+
+def _await_owner(runtime: Runtime, run_id: str, target: str, wait: float) -> str | None:
+    """Wait for the owner to reach `target`; None when it died meanwhile (we take over)."""
+    store = runtime.store
+    deadline = time.monotonic() + wait
+    with store.listening(channel(run_id)) as conn:
+        while True:
+            run = store.get_run(run_id)
+            if run.state == target or run.state in FINISHED:
+                return run.state
+            if not _live_owner(run):
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return run.state
+            for _ in conn.notifies(timeout=min(1.0, remaining), stop_after=1):
+                pass
+
+
+def resume_detached(runtime: Runtime, run_id: str) -> Changed:
+    """Hand a paused or ownerless run to the workers without executing it here."""
+    store = runtime.store
+    run = store.get_run(run_id)
+    if run.state not in ("paused", "running", "pending"):
+        raise ConflictError(f"run {run_id} is {run.state}: resume --detach takes paused or interrupted runs; resume a failed run in the foreground")
+    fence = store.claim(run_id, runtime.owner, runtime.lease_ttl, owner_is_dead(run.owner))
+    try:
+        if run.state == "paused":
+            lc = run_lifecycle(run.state, run_id)
+            lc.send("unpause")
+            change = Change(run_id, fence, [NewEvent("run_resumed", data={"detached": True})], run=RunWrite(lc.state, clear_request=True))
+            runtime.writer.submit(change).result()
+    finally:
+        store.release(run_id, fence)  # release wakes the workers
+    return Changed(run_id, run.state, "running" if run.state == "paused" else run.state, "queued for a worker")
