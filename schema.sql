@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS statepipe.schema_version (
 );
 
 CREATE TABLE IF NOT EXISTS statepipe.runs (
-    id               text COLLATE "C" PRIMARY KEY,
+    id               text PRIMARY KEY,
     workflow         text NOT NULL,
     workflow_ref     text NOT NULL,          -- how to load the definition again: "path.py:object"
     state            text NOT NULL,
@@ -28,10 +28,12 @@ CREATE TABLE IF NOT EXISTS statepipe.runs (
     fencing_token    bigint NOT NULL DEFAULT 0,
     -- a control command for the owner: pause, pause_now, cancel, cancel_compensate
     requested        text,
+    dry_run          boolean NOT NULL DEFAULT false, -- LLM calls answered by the simulated model
     batch_id         text,
     batch_index      integer
 );
 CREATE INDEX IF NOT EXISTS runs_created_idx ON statepipe.runs (created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_id_prefix_idx ON statepipe.runs (id text_pattern_ops); -- ids by prefix
 CREATE INDEX IF NOT EXISTS runs_state_created_idx ON statepipe.runs (state, created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_workflow_created_idx ON statepipe.runs (workflow, created_at DESC);
 -- what workers scan: the few runs that still want an executor
@@ -41,7 +43,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS runs_batch_idx ON statepipe.runs (batch_id, ba
     WHERE batch_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS statepipe.steps (
-    run_id       text COLLATE "C" NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
+    run_id       text NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
     name         text NOT NULL,
     item         text NOT NULL DEFAULT '',   -- '' for a plain step, the item key for a fan-out child
     position     integer NOT NULL DEFAULT 0, -- the step's place in the workflow, for display
@@ -59,7 +61,7 @@ CREATE TABLE IF NOT EXISTS statepipe.steps (
 );
 
 CREATE TABLE IF NOT EXISTS statepipe.attempts (
-    run_id       text COLLATE "C" NOT NULL,
+    run_id       text NOT NULL,
     step         text NOT NULL,
     item         text NOT NULL DEFAULT '',
     number       integer NOT NULL,
@@ -68,12 +70,13 @@ CREATE TABLE IF NOT EXISTS statepipe.attempts (
     finished_at  timestamptz,
     error        text,
     output       jsonb,
+    usage        jsonb,                      -- LLM calls of this attempt: tokens, cost, latency
     PRIMARY KEY (run_id, step, item, number),
     FOREIGN KEY (run_id, step, item) REFERENCES statepipe.steps (run_id, name, item) ON DELETE CASCADE
 );
 
 CREATE TABLE IF NOT EXISTS statepipe.events (
-    run_id   text COLLATE "C" NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
+    run_id   text NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,
     seq      bigint NOT NULL,
     ts       timestamptz NOT NULL,
     type     text NOT NULL,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+import workloads as wl
 from psycopg_pool import ConnectionPool
 
-import workloads as wl
 from statepipe.definition.loader import Loaded
 from statepipe.engine.runtime import Runtime
 from statepipe.store import open_store
@@ -50,6 +51,7 @@ class BenchError(Exception):
 class System(Protocol):
     name: str
     made: list[str]  # workflow/run ids created, for the row count
+    phases: dict[str, float]  # where the last W4 batch spent its time, when the system can tell
 
     def w1(self, k: int) -> Any: ...
     def w2(self, k: int) -> Any: ...
@@ -81,6 +83,7 @@ class Floor:
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="floor")
         self.prefix = uuid.uuid4().hex[:8]
         self.made: list[str] = []
+        self.phases: dict[str, float] = {}
 
     def _new_id(self, workload: str, k: int) -> str:
         wid = f"{self.prefix}-{workload}-{k}"
@@ -122,14 +125,14 @@ class Floor:
 
     def w4_batch(self, first_k: int, runs: int) -> list[Any]:
         ids = [(self._new_id("W4", k), k) for k in range(first_k, first_k + runs)]
-        futures = [
-            self.threads.submit(self._chain, wid, wl.chain_input(k), wl.W4_STEPS, wl.advance) for wid, k in ids
-        ]
+        futures = [self.threads.submit(self._chain, wid, wl.chain_input(k), wl.W4_STEPS, wl.advance) for wid, k in ids]
         return [f.result() for f in futures]
 
     def count_rows(self, ids: Sequence[str]) -> int:
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT count(*) FROM bench.step_outputs WHERE workflow_id = ANY(%s)", (list(ids),)).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM bench.step_outputs WHERE workflow_id = ANY(%s)", (list(ids),)
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
@@ -150,6 +153,7 @@ class Statepipe:
         ref = Path(wl.__file__).resolve()
         self.loaded = {name: Loaded(getattr(wl, name), f"{ref}:{name}") for name in ("W1", "W2", "W3", "W4")}
         self.made: list[str] = []
+        self.phases: dict[str, float] = {}
 
     def _create(self, workload: str, run_input: dict[str, Any]) -> str:
         run_id = self.runtime.create_run(self.loaded[workload], run_input)
@@ -161,7 +165,7 @@ class Statepipe:
         outcome = self.runner.run(self.runtime.execute(run_id, self.loaded[workload]))
         if outcome.state != "succeeded":
             raise BenchError(f"statepipe {workload} run {run_id} ended {outcome.state}")
-        return self.store.results([run_id])[run_id]
+        return outcome.result
 
     def w1(self, k: int) -> Any:
         return self._run_one("W1", wl.chain_input(k))
@@ -173,13 +177,17 @@ class Statepipe:
         return self._run_one("W3", wl.w3_input(k))
 
     def w4_batch(self, first_k: int, runs: int) -> list[Any]:
-        ids = [self._create("W4", wl.chain_input(k)) for k in range(first_k, first_k + runs)]
+        t0 = time.perf_counter()
+        ids = self.runtime.create_runs(self.loaded["W4"], [wl.chain_input(k) for k in range(first_k, first_k + runs)])
+        self.made.extend(ids)
+        t1 = time.perf_counter()
         outcomes = self.runner.run(self.runtime.execute_many(ids, wl.W4_CONCURRENCY, self.loaded["W4"]))
+        t2 = time.perf_counter()
         failed = [o for o in outcomes if o.state != "succeeded"]
         if failed:
             raise BenchError(f"statepipe W4: {len(failed)} runs did not succeed, e.g. {failed[0]}")
-        results = self.store.results(ids)
-        return [results.get(run_id) for run_id in ids]
+        self.phases = {"create_s": t1 - t0, "execute_s": t2 - t1}
+        return [o.result for o in outcomes]
 
     def count_rows(self, ids: Sequence[str]) -> int:
         with self.store.pool.connection() as conn:

@@ -88,14 +88,23 @@ def w3_input(k: int) -> dict[str, Any]:
 
 def build_records(k: int, n: int) -> list[dict[str, Any]]:
     return [
-        {"id": i, "key": f"wf{k}-rec-{i:05d}", "value": i, "score": (i * 37) % 1000, "stage": 1,
-         "tags": ["alpha", "beta", "gamma"], "text": _FILLER}
+        {
+            "id": i,
+            "key": f"wf{k}-rec-{i:05d}",
+            "value": i,
+            "score": (i * 37) % 1000,
+            "stage": 1,
+            "tags": ["alpha", "beta", "gamma"],
+            "text": _FILLER,
+        }
         for i in range(n)
     ]
 
 
 def transform(records: list[dict[str, Any]], stage: int) -> list[dict[str, Any]]:
-    return [{**r, "value": r["value"] + stage, "score": (r["score"] * 3 + stage) % 1000, "stage": stage} for r in records]
+    return [
+        {**r, "value": r["value"] + stage, "score": (r["score"] * 3 + stage) % 1000, "stage": stage} for r in records
+    ]
 
 
 def w3_step(prev: Any, i: int) -> list[dict[str, Any]]:
@@ -128,7 +137,8 @@ def _chain_step(body: Body, i: int, upstream: str) -> Callable[..., JSON]:
         return body(inputs[upstream], i)
 
     step.__name__ = step.__qualname__ = f"s{i}"
-    setattr(step, "__signature__", inspect.Signature([inspect.Parameter(upstream, inspect.Parameter.KEYWORD_ONLY)]))
+    signature = inspect.Signature([inspect.Parameter(upstream, inspect.Parameter.KEYWORD_ONLY)])
+    setattr(step, "__signature__", signature)  # noqa: B010 (typed functions declare no __signature__)
     return step
 
 

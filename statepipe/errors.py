@@ -21,6 +21,12 @@ class InputError(StatepipeError):
     exit_code = 2
 
 
+class ConfigError(StatepipeError):
+    """Something the environment must provide is missing, such as a model's API key."""
+
+    exit_code = 2
+
+
 class NotFoundError(StatepipeError):
     """An unknown workflow or run id."""
 

@@ -96,10 +96,13 @@ class Workflow:
         max_concurrency: int = 32,
         result: str | None = None,
         timeout: float | None = None,
+        models: Iterable[str] = (),
         **hooks: Callable[..., Any],
     ) -> None:
-        """`timeout` bounds the whole run in seconds; `on_init`, `on_progress`, `on_retry`,
-        `on_error`, `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
+        """`timeout` bounds the whole run in seconds; `models` names the LLMs its steps call
+        (llm_step adds its own), so a missing API key is reported before the run starts;
+        `on_init`, `on_progress`, `on_retry`, `on_error`, `on_success` and `on_complete` are
+        hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
         if max_concurrency < 1:
@@ -116,12 +119,13 @@ class Workflow:
         if unknown:
             raise DefinitionError(f"workflow {name}: unknown option {unknown[0]!r}; hooks are {', '.join(HOOKS)}")
         self.hooks: dict[str, Callable[..., Any]] = dict(hooks)
+        self.models: list[str] = list(models)
         self._steps: dict[str, Step] = {}
         self._order: list[str] | None = None
 
     # -- building ---------------------------------------------------------------------------
 
-    def step(
+    def step(  # noqa: C901 - one decorator, one validation per option
         self,
         fn: Callable[..., Any] | None = None,
         *,
@@ -199,6 +203,59 @@ class Workflow:
             self._steps[step_name] = step
             self._order = None
             return step
+
+        return register(fn) if fn is not None else register
+
+    def llm_step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        model: str,
+        shape: str = "text",
+        schema: Any = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **step_options: Any,
+    ) -> Any:
+        """A step whose function returns the prompt (a string or a list of messages) from its
+        inputs; statepipe calls `model` and the step's output is the reply: text, or for
+        shape "json" / "ndjson" / "json_mode" the validated structured value. It retries three
+        times by default, feeding a schema error back to the model."""
+        from statepipe.llm import api
+
+        if shape not in ("text", "json", "ndjson", "json_mode"):
+            raise DefinitionError(f"workflow {self.name}: llm_step shape must be text, json, ndjson or json_mode")
+        if shape != "text" and schema is None:
+            raise DefinitionError(f"workflow {self.name}: llm_step with shape {shape!r} needs a schema")
+
+        def register(prompt_fn: Callable[..., Any]) -> Step:
+            prompt_params = _params_of(prompt_fn, f"workflow {self.name}, step {prompt_fn.__name__}")
+            wants_ctx = any(p.name == "ctx" for p in prompt_params)
+
+            def run(ctx: Any, **inputs: Any) -> Any:
+                prompt = prompt_fn(ctx=ctx, **inputs) if wants_ctx else prompt_fn(**inputs)
+                common = {"model": model, "system": system, "temperature": temperature, "max_tokens": max_tokens}
+                if shape == "text":
+                    return api.text(ctx, prompt, **common)
+                if shape == "ndjson":
+                    return api.ndjson(ctx, prompt, item=schema, **common)
+                return api.json(ctx, prompt, schema=schema, streamed=shape == "json", **common)
+
+            params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+                inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default if p.has_default else inspect.Parameter.empty)
+                for p in prompt_params
+                if p.name != "ctx"
+            ]
+            run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+            run.__name__ = prompt_fn.__name__
+            run.__doc__ = prompt_fn.__doc__
+            if model not in self.models:
+                self.models.append(model)
+            options = dict(step_options)
+            if "retries" not in options and "retry" not in options:
+                options["retry"] = RetryPolicy(max_attempts=3, initial_interval=0.5, backoff="exponential")
+            return self.step(run, **options)
 
         return register(fn) if fn is not None else register
 

@@ -24,6 +24,10 @@ class StepContext:
     input: dict[str, Any]
     _publish: Callable[[NewEvent], None] = field(repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    dry_run: bool = False  # LLM calls are answered by the simulated model
+    last_error: str | None = None  # why the previous attempt failed: a repair prompt can quote it
+    usage: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one entry per LLM call
+    emitted: int = 0  # output chunks sent: a retry after any marks this attempt's text abandoned
 
     @property
     def idempotency_key(self) -> str:
@@ -51,10 +55,15 @@ class StepContext:
     def emit(self, text: str) -> None:
         """A chunk of partial output, such as streamed tokens."""
         self._event("output", {"text": str(text)})
+        self.emitted += 1
 
     def partial(self, value: Any) -> None:
         """A completed piece of structured output (must be JSON-serialisable)."""
         self._event("partial", {"value": value})
+
+    def record_usage(self, call: dict[str, Any]) -> None:
+        """Keep one LLM call's tokens, cost and latency: they are stored with this attempt."""
+        self.usage.append(call)
 
     log = progress
 

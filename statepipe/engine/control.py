@@ -79,7 +79,7 @@ def resume_detached(runtime: Runtime, run_id: str) -> Changed:
     run = store.get_run(run_id)
     if run.state not in ("paused", "running", "pending"):
         raise ConflictError(f"run {run_id} is {run.state}: resume --detach takes paused or interrupted runs; resume a failed run in the foreground")
-    fence = store.claim(run_id, runtime.owner, runtime.lease_ttl, owner_is_dead(run.owner))
+    fence = store.claim(run_id, runtime.owner, runtime.lease_ttl, owner_is_dead)
     try:
         if run.state == "paused":
             lc = run_lifecycle(run.state, run_id)

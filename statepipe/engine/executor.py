@@ -14,7 +14,6 @@ import asyncio
 import inspect
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
-from statepipe.engine.outputs import encode, summarize
+from statepipe.engine.outputs import encode, summarize, summarize_usage
+from statepipe.engine.threads import POOL
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
@@ -72,6 +72,7 @@ class StepState:
     output: Any = None
     children: list[StepState] = field(default_factory=list)
     undoes: StepState | None = None  # set on a compensation: the step it undoes
+    previous_error: str | None = None  # the failed attempt before this one
     ctx: StepContext | None = None
     began: float = 0.0
 
@@ -106,9 +107,9 @@ class StepState:
         return NewEvent(type_, self.name, self.item_or_none, self.attempt or None, data)
 
 
-def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any], name: str) -> asyncio.Future[Any]:
-    """Run a sync step on a daemon thread: one that outlives a timeout or a shutdown is abandoned,
-    and never holds the process open."""
+def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    """Run a sync step on a pooled daemon thread: one that outlives a timeout or a shutdown is
+    abandoned, and never holds the process open."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
 
@@ -130,7 +131,7 @@ def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any], name: str) ->
         else:
             deliver(True, result)
 
-    threading.Thread(target=target, name=f"step-{name}", daemon=True).start()
+    POOL.submit(target)
     return fut
 
 
@@ -145,6 +146,7 @@ class RunExecutor:
         self.started_at = snap.run.started_at
         self.clock_start = snap.run.started_at  # what the run timeout counts from
         self.request: str | None = snap.run.requested
+        self.dry_run = snap.run.dry_run
         self.parents: dict[str, StepState] = {}
         self.compensations: list[StepState] = []
         self.tasks: dict[asyncio.Task[Any], StepState] = {}
@@ -210,6 +212,13 @@ class RunExecutor:
             next_attempt_at=row.next_attempt_at,
             output=row.output if row.state == "succeeded" else None,
         )
+
+    def result(self) -> Any:
+        """The run's result: its sink steps' outputs (one sink: that output)."""
+        sinks = self.wf.sinks()
+        if len(sinks) == 1:
+            return self.parents[sinks[0]].output
+        return {name: self.parents[name].output for name in sinks}
 
     def all_states(self) -> list[StepState]:
         out: list[StepState] = []
@@ -290,6 +299,14 @@ class RunExecutor:
                     self._begin_attempt(st, change)  # its failed children run again under it
         self._hook("on_init", resumed=state != "pending")
 
+    def _record_attempt(self, st: StepState, change: Change, state: str, error: str | None = None, output: str | None = None) -> None:
+        """An attempt is written once, when it ends; while it runs the step row tells of it."""
+        usage = summarize_usage(st.ctx.usage) if st.ctx is not None and st.ctx.usage else None
+        change.attempts.append(AttemptWrite(
+            st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=utcnow(),
+            error=error, output=output, usage=json.dumps(usage) if usage else None,
+        ))
+
     def _reset(self, st: StepState, change: Change, reason: str) -> None:
         st.lc.send("reset")
         st.error = None
@@ -298,9 +315,7 @@ class RunExecutor:
 
     def _abandon(self, st: StepState, change: Change, reason: str) -> None:
         st.lc.send("interrupt")
-        change.attempts_finished.append(
-            AttemptWrite(st.name, st.item, st.attempt, "abandoned", finished_at=utcnow(), error=reason)
-        )
+        self._record_attempt(st, change, "abandoned", error=reason)
         change.steps.append(st.row())
         change.events.append(st.event("attempt_abandoned", reason=reason))
 
@@ -321,7 +336,7 @@ class RunExecutor:
         now = utcnow()
         if self.request in PAUSE_REQUESTS:
             self.run_lc.send("pause")
-            change.run = RunWrite("paused", clear_request=True)
+            change.run = RunWrite("paused", clear_request=True, release=True)
             change.events.append(NewEvent("run_paused", data={"request": self.request}))
             return
         if self.compensations:
@@ -443,9 +458,8 @@ class RunExecutor:
         st.started_at = utcnow()
         st.finished_at = None
         st.next_attempt_at = None
-        st.error = None
+        st.previous_error, st.error = st.error, None
         change.steps.append(st.row())
-        change.attempts_started.append(AttemptWrite(st.name, st.item, st.attempt, "running", started_at=st.started_at))
 
     def _start(self, st: StepState, change: Change) -> None:
         self._begin_attempt(st, change)
@@ -477,7 +491,10 @@ class RunExecutor:
         return {n: available.get(n, self.input.get(n)) for n in names}
 
     def _launch(self, st: StepState) -> None:
-        ctx = StepContext(self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish)
+        ctx = StepContext(
+            self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish,
+            dry_run=self.dry_run, last_error=st.previous_error,
+        )
         st.ctx = ctx
         st.began = time.monotonic()
         task = asyncio.create_task(self._invoke(st, ctx), name=st.label)
@@ -491,7 +508,7 @@ class RunExecutor:
         if inspect.iscoroutinefunction(fn):
             awaitable: Any = fn(**kwargs)
         else:
-            awaitable = _run_in_thread(fn, kwargs, st.label)
+            awaitable = _run_in_thread(fn, kwargs)
         if st.step.timeout is None:
             return await awaitable
         try:
@@ -544,9 +561,7 @@ class RunExecutor:
             if self.request in CANCEL_REQUESTS and st.undoes is None:
                 st.lc.send("cancel")
                 st.finished_at = utcnow()
-                change.attempts_finished.append(
-                    AttemptWrite(st.name, st.item, st.attempt, "cancelled", finished_at=st.finished_at, error="cancelled")
-                )
+                self._record_attempt(st, change, "cancelled", error="cancelled")
                 change.steps.append(st.row())
                 change.events.append(st.event("step_cancelled"))
             else:
@@ -560,10 +575,10 @@ class RunExecutor:
             st.lc.send("wait")
             st.error = message
             st.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            change.attempts_finished.append(
-                AttemptWrite(st.name, st.item, st.attempt, "failed", finished_at=utcnow(), error=message)
-            )
+            self._record_attempt(st, change, "failed", error=message)
             change.steps.append(st.row())
+            if st.ctx is not None and st.ctx.emitted:  # readers drop this attempt's streamed text
+                change.events.append(st.event("attempt_abandoned", reason=message, retrying=True))
             change.events.append(
                 st.event("step_retrying", error=message, delay_s=round(delay, 3), next_attempt_at=st.next_attempt_at.isoformat())
             )
@@ -575,13 +590,12 @@ class RunExecutor:
         st.output = json.loads(text)
         st.lc.send("succeed")
         st.finished_at = utcnow()
-        change.attempts_finished.append(
-            AttemptWrite(st.name, st.item, st.attempt, "succeeded", finished_at=st.finished_at, output=text)
-        )
+        self._record_attempt(st, change, "succeeded", output=text)
         change.steps.append(st.row())
-        change.events.append(
-            st.event("step_succeeded", duration_s=round(time.monotonic() - st.began, 4), summary=summarize(st.output))
-        )
+        data: dict[str, Any] = {"duration_s": round(time.monotonic() - st.began, 4), "summary": summarize(st.output)}
+        if st.ctx is not None and st.ctx.usage:
+            data["usage"] = summarize_usage(st.ctx.usage)
+        change.events.append(st.event("step_succeeded", **data))
         if st.item and st.undoes is None:
             parent = self.parents[st.name]
             if parent.state == "running" and all(c.state == "succeeded" for c in parent.children):
@@ -591,9 +605,7 @@ class RunExecutor:
         parent.output = [c.output for c in parent.children]
         parent.lc.send("succeed")
         parent.finished_at = utcnow()
-        change.attempts_finished.append(
-            AttemptWrite(parent.name, "", parent.attempt, "succeeded", finished_at=parent.finished_at)
-        )
+        self._record_attempt(parent, change, "succeeded")
         change.steps.append(parent.row())
         change.events.append(parent.event("step_succeeded", items=len(parent.children), summary=summarize(parent.output)))
 
@@ -601,9 +613,7 @@ class RunExecutor:
         st.lc.send("fail")
         st.error = message
         st.finished_at = utcnow()
-        change.attempts_finished.append(
-            AttemptWrite(st.name, st.item, st.attempt, "failed", finished_at=st.finished_at, error=message)
-        )
+        self._record_attempt(st, change, "failed", error=message)
         change.steps.append(st.row())
         change.events.append(st.event("step_failed", error=message, optional=st.step.optional))
         self._hook("on_error", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message)
@@ -634,7 +644,7 @@ class RunExecutor:
         now = utcnow()
         self.run_lc.send(event)
         duration = round((now - self.started_at).total_seconds(), 3) if self.started_at else None
-        change.run = RunWrite(state, finished_at=now, error=error, clear_request=True)
+        change.run = RunWrite(state, finished_at=now, error=error, clear_request=True, release=True)
         data: dict[str, Any] = {"duration_s": duration}
         if error:
             data["error"] = error

@@ -41,3 +41,18 @@ def _brief(value: Any, width: int) -> str:
         more = ", …" if len(parts) < len(value) else ""
         return "{" + ", ".join(parts) + more + "}"
     return json.dumps(value, default=str)
+
+
+def summarize_usage(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """An attempt's LLM calls added up (each call's own record is kept under "calls")."""
+    total: dict[str, Any] = {"calls": len(calls)}
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_s"):
+        total[key] = round(sum(float(c.get(key) or 0) for c in calls), 6)
+        if key.endswith("tokens"):
+            total[key] = int(total[key])
+    total["models"] = sorted({str(c.get("model")) for c in calls})
+    total["simulated"] = any(c.get("simulated") for c in calls)
+    ttfts = [c["ttft_s"] for c in calls if c.get("ttft_s") is not None]
+    total["ttft_s"] = round(min(ttfts), 4) if ttfts else None
+    total["details"] = calls
+    return total

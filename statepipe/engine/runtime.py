@@ -22,7 +22,7 @@ from statepipe.engine.executor import RunExecutor
 from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.errors import DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
-from statepipe.store.records import NewEvent, NewStepRow
+from statepipe.store.records import NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
@@ -34,6 +34,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 class Outcome:
     run_id: str
     state: str  # succeeded, failed, cancelled, paused, or "interrupted" (left resumable)
+    result: Any = None  # the run's result, when it succeeded
 
 
 class Runtime:
@@ -44,7 +45,7 @@ class Runtime:
         self.lease_ttl = lease_ttl or lease_seconds()
         self.executors: dict[str, RunExecutor] = {}
         self.finished: list[Callable[[str, str], None]] = []  # called with (run_id, state)
-        self._claimed: dict[str, int] = {}
+        self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runnable = threading.Event()
         self._closing = threading.Event()
@@ -64,61 +65,88 @@ class Runtime:
         *,
         detach: bool = False,
         batch: tuple[str, int] | None = None,
+        dry_run: bool = False,
     ) -> str:
         """Validate the input and record a pending run: owned by this runtime from the first
         instant (so no worker grabs it), or, with `detach`, left for any worker."""
+        return self.create_runs(loaded, [run_input], detach=detach, batch_id=batch[0] if batch else None,
+                                first_index=batch[1] if batch else 0, dry_run=dry_run)[0]
+
+    def create_runs(
+        self,
+        loaded: Loaded,
+        inputs: Sequence[dict[str, Any]],
+        *,
+        detach: bool = False,
+        batch_id: str | None = None,
+        first_index: int = 0,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Many runs of one workflow in one transaction (see create_run)."""
         wf = loaded.workflow
-        if not isinstance(run_input, dict):
-            raise InputError(f"run input must be a JSON object, got {type(run_input).__name__}")
-        wf.check_input(run_input)
-        try:
-            input_json = json.dumps(run_input, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
-        run_id = str(uuid.uuid4())
-        steps = [
-            NewStepRow(s.name, "", None, "pending", list(s.depends_on), fanout=s.map_over is not None, position=i)
-            for i, s in enumerate(wf.steps)
-        ]
-        event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input})
         owner = None if detach else self.owner
-        created = self.store.create_run(
-            run_id, wf.name, loaded.ref, input_json, steps, event, owner=owner, ttl=self.lease_ttl, batch=batch
-        )
+        runs: list[NewRun] = []
+        for offset, run_input in enumerate(inputs):
+            if not isinstance(run_input, dict):
+                raise InputError(f"run input must be a JSON object, got {type(run_input).__name__}")
+            wf.check_input(run_input)
+            try:
+                input_json = json.dumps(run_input, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
+            steps = [
+                NewStepRow(s.name, "", None, "pending", list(s.depends_on), fanout=s.map_over is not None, position=i)
+                for i, s in enumerate(wf.steps)
+            ]
+            event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
+            runs.append(NewRun(
+                str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner,
+                batch_id, first_index + offset if batch_id else None, dry_run,
+            ))
+        created = self.store.create_runs(runs, ttl=self.lease_ttl)
         if owner is not None:
-            self._claimed[run_id] = 1
-        self.writer.dispatch([created])
-        return run_id
+            now = utcnow()
+            for r in runs:  # what a snapshot would read back, kept so execute() need not read it
+                self._fresh[r.id] = RunSnapshot(
+                    RunRow(r.id, r.workflow, r.workflow_ref, "pending", json.loads(r.input_json), None, now, None, None,
+                           now, 1, owner, None, 1, dry_run=dry_run, steps_total=len(r.steps)),
+                    [StepRow(st.name, "", None, st.fanout, None, "pending", st.depends_on, 0, None, None, None, None)
+                     for st in r.steps],
+                )
+        self.writer.dispatch(created)
+        return [r.id for r in runs]
 
     # -- executing --------------------------------------------------------------------------
 
     async def execute(self, run_id: str, loaded: Loaded | None = None, fence: int | None = None) -> Outcome:
         """Claim the run (refusing a live owner), execute it to an end, release the lease."""
         self._ensure_control()
-        fence = fence or self._claimed.pop(run_id, None)
-        if fence is None:
-            run = await asyncio.to_thread(self.store.get_run, run_id)
-            fence = await asyncio.to_thread(
-                self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead(run.owner)
-            )
+        snap = self._fresh.pop(run_id, None)
+        if snap is not None:
+            fence = 1
+        elif fence is None:
+            fence = await asyncio.to_thread(self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead)
+        state, result = "interrupted", None
         lost = False
         try:
-            snap = await asyncio.to_thread(self.store.snapshot, run_id)
+            if snap is None:
+                snap = await asyncio.to_thread(self.store.snapshot, run_id)
             wf = (loaded or _load_for(snap.run.workflow_ref, snap.run.workflow)).workflow
             executor = RunExecutor(self, wf, snap, fence)
             self.executors[run_id] = executor
             state = await executor.execute()
+            result = executor.result() if state == "succeeded" else None
         except LeaseLost:
             lost = True  # someone else holds it now: nothing of ours to release
             raise
         finally:
             self.executors.pop(run_id, None)
-            if not lost:
+            if not lost and state not in FINISHED + ("paused",):  # those released in their last commit
                 await asyncio.to_thread(self.store.release, run_id, fence)
         if state in FINISHED:
             for fn in self.finished:
                 fn(run_id, state)
-        return Outcome(run_id, state)
+        return Outcome(run_id, state, result)
 
     async def execute_many(self, run_ids: Sequence[str], concurrency: int, loaded: Loaded | None = None) -> list[Outcome]:
         """Execute runs with at most `concurrency` in flight; commits of all of them share batches."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import tenacity
 
 from statepipe.errors import DatabaseUnavailable, LeaseLost
-from statepipe.store.records import Change, Event
+from statepipe.store.records import Change, Event, NewEvent
 from statepipe.store.store import Store
 
 log = logging.getLogger("statepipe.writer")
@@ -127,7 +127,7 @@ class Writer:
         return False
 
     def _commit(self, batch: list[_Item]) -> None:
-        batch = [i for i in batch if i.change.run_id not in self._lost or not i.soft]
+        batch = _coalesce([i for i in batch if i.change.run_id not in self._lost or not i.soft])
         while batch:
             try:
                 results = self._commit_retrying([i.change for i in batch])
@@ -161,3 +161,30 @@ class Writer:
             before_sleep=lambda rs: log.warning("database unavailable, retrying: %s", rs.outcome.exception() if rs.outcome else ""),
         )
         return retrying(self.store.commit, changes)
+
+
+def _coalesce(batch: list[_Item]) -> list[_Item]:
+    """Merge the output chunks one attempt streamed within a batch into one event, so a model
+    sending hundreds of tokens a second costs a few rows, not hundreds. A transition of the run
+    closes the merge: chunks never move across a transition."""
+    out: list[_Item] = []
+    open_text: dict[tuple[str, str | None, str | None, int | None], NewEvent] = {}
+    for item in batch:
+        ch = item.change
+        if not item.soft:
+            for key in [k for k in open_text if k[0] == ch.run_id]:
+                del open_text[key]
+            out.append(item)
+            continue
+        if len(ch.events) == 1 and ch.events[0].type == "output":
+            e = ch.events[0]
+            key = (ch.run_id, e.step, e.item, e.attempt)
+            if key in open_text:
+                merged = open_text[key]
+                merged.data = {"text": merged.data["text"] + e.data["text"]}
+                continue
+            e = NewEvent(e.type, e.step, e.item, e.attempt, dict(e.data), e.ts)
+            open_text[key] = e
+            item = _Item(Change(ch.run_id, ch.fence, [e]), soft=True, future=item.future, queued_at=item.queued_at)
+        out.append(item)
+    return out

@@ -56,7 +56,7 @@ class NewStepRow:
 
 @dataclass
 class AttemptWrite:
-    """Insert (state running) or finish an attempt; `output` is already JSON text."""
+    """An attempt that ended; `output` and `usage` are already JSON text."""
 
     step: str
     item: str
@@ -66,6 +66,21 @@ class AttemptWrite:
     finished_at: datetime | None = None
     error: str | None = None
     output: str | None = None
+    usage: str | None = None  # JSON text
+
+
+@dataclass
+class NewRun:
+    id: str
+    workflow: str
+    workflow_ref: str
+    input_json: str
+    steps: list[NewStepRow]
+    event: NewEvent
+    owner: str | None = None
+    batch_id: str | None = None
+    batch_index: int | None = None
+    dry_run: bool = False
 
 
 @dataclass
@@ -75,6 +90,7 @@ class RunWrite:
     finished_at: datetime | None = None
     error: str | None = None
     clear_request: bool = False  # the control command (pause, cancel) has been carried out
+    release: bool = False  # the run is at rest: its lease ends with this change
 
 
 @dataclass
@@ -87,8 +103,7 @@ class Change:
     run: RunWrite | None = None
     new_steps: list[NewStepRow] = field(default_factory=list)
     steps: list[StepRowWrite] = field(default_factory=list)
-    attempts_started: list[AttemptWrite] = field(default_factory=list)
-    attempts_finished: list[AttemptWrite] = field(default_factory=list)
+    attempts: list[AttemptWrite] = field(default_factory=list)  # attempts that ended
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -135,10 +150,13 @@ class RunRow:
     lease_expires_at: datetime | None
     fencing_token: int
     requested: str | None = None
+    dry_run: bool = False
     batch_id: str | None = None
     batch_index: int | None = None
     steps_done: int = 0
     steps_total: int = 0
+    cost_usd: float | None = None  # of every LLM call of every attempt
+    tokens: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -161,8 +179,11 @@ class RunRow:
             "duration_s": self.duration,
             "steps_done": self.steps_done,
             "steps_total": self.steps_total,
+            "cost_usd": self.cost_usd,
+            "tokens": self.tokens,
             "owner": self.owner,
             "requested": self.requested,
+            "dry_run": self.dry_run,
             "batch_id": self.batch_id,
             "last_seq": self.last_seq,
         }
@@ -178,11 +199,13 @@ class AttemptRow:
     finished_at: datetime | None
     error: str | None
     output: Any
+    usage: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "state": self.state,
+            "usage": self.usage,
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "duration_s": (self.finished_at - self.started_at).total_seconds() if self.finished_at else None,
@@ -209,6 +232,12 @@ class StepRow:
     @property
     def key(self) -> tuple[str, str]:
         return (self.name, self.item)
+
+    def with_current(self) -> list[AttemptRow]:
+        """Attempts, plus the one in flight (written only when it ends) as "running"."""
+        if self.state == "running" and self.attempt and all(a.number != self.attempt for a in self.attempts):
+            return [*self.attempts, AttemptRow(self.name, self.item, self.attempt, "running", self.started_at or utcnow(), None, None, None)]
+        return self.attempts
 
     @property
     def output(self) -> Any:

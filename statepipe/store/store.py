@@ -7,7 +7,7 @@ never exists without its event and a stale owner can write nothing."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from importlib import resources
@@ -22,6 +22,7 @@ from statepipe.store.records import (
     Change,
     Event,
     NewEvent,
+    NewRun,
     NewStepRow,
     RunRow,
     RunSnapshot,
@@ -45,11 +46,15 @@ def channel(run_id: str) -> str:
 _RUN_COLUMNS = """
     r.id, r.workflow, r.workflow_ref, r.state, r.input, r.error, r.created_at, r.started_at,
     r.finished_at, r.updated_at, r.last_seq, r.owner, r.lease_expires_at, r.fencing_token,
-    r.requested, r.batch_id, r.batch_index,
+    r.requested, r.dry_run, r.batch_id, r.batch_index,
     (SELECT count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped'))
        FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_done,
     (SELECT count(*) FROM statepipe.steps s
-      WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_total
+      WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_total,
+    (SELECT sum((a.usage->>'cost_usd')::float8) FROM statepipe.attempts a
+      WHERE a.run_id = r.id AND a.usage IS NOT NULL) AS cost_usd,
+    (SELECT sum((a.usage->>'total_tokens')::bigint) FROM statepipe.attempts a
+      WHERE a.run_id = r.id AND a.usage IS NOT NULL) AS tokens
 """
 
 
@@ -75,34 +80,31 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def create_run(
-        self,
-        run_id: str,
-        workflow: str,
-        workflow_ref: str,
-        input_json: str,
-        steps: Sequence[NewStepRow],
-        event: NewEvent,
-        *,
-        owner: str | None = None,
-        ttl: float = 0.0,
-        batch: tuple[str, int] | None = None,
-    ) -> Event:
-        """Record a pending run; owned by `owner` from the start (fence 1), or left for a worker."""
-        batch_id, batch_index = batch or (None, None)
-        with self._tx() as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner,"
-                " lease_expires_at, fencing_token, batch_id, batch_index)"
-                " VALUES (%s, %s, %s, 'pending', %s::jsonb, %s,"
-                " CASE WHEN %s::text IS NULL THEN NULL ELSE now() + %s END, 1, %s, %s)",
-                (run_id, workflow, workflow_ref, input_json, owner, owner, timedelta(seconds=ttl), batch_id, batch_index),
-            )
-            self._insert_steps(conn, run_id, steps)
-            (seq,) = self._append(conn, run_id, 1, [event])
-            if owner is None:
-                conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, run_id))
-        return _event(run_id, seq, event)
+    def create_runs(self, runs: Sequence[NewRun], ttl: float = 0.0) -> list[Event]:
+        """Record pending runs in one transaction. An owned run is claimed from its first instant
+        (fence 1) so no worker grabs it; an unowned one wakes the workers."""
+        with self._tx() as conn:
+            with conn.pipeline(), conn.transaction():
+                conn.execute(
+                    "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at,"
+                    "  fencing_token, batch_id, batch_index, dry_run)"
+                    " SELECT u.id, u.workflow, u.ref, 'pending', u.input::jsonb, u.owner,"
+                    "  CASE WHEN u.owner IS NULL THEN NULL ELSE now() + %s END, 1, u.batch_id, u.batch_index, u.dry_run"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::boolean[])"
+                    "  AS u(id, workflow, ref, input, owner, batch_id, batch_index, dry_run)",
+                    (
+                        timedelta(seconds=ttl),
+                        [r.id for r in runs], [r.workflow for r in runs], [r.workflow_ref for r in runs],
+                        [r.input_json for r in runs], [r.owner for r in runs], [r.batch_id for r in runs],
+                        [r.batch_index for r in runs], [r.dry_run for r in runs],
+                    ),
+                )
+                self._insert_steps(conn, [(r.id, st) for r in runs for st in r.steps])
+                cursors = [self._append(conn, r.id, 1, [r.event]) for r in runs]
+                if any(r.owner is None for r in runs):
+                    conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, runs[0].id))
+            seqs = [_fetch_last(c) for c in cursors]
+        return [_event(r.id, seq, r.event) for r, seq in zip(runs, seqs)]
 
     def batch_runs(self, batch_id: str) -> dict[int, RunRow]:
         with self._tx() as conn:
@@ -173,7 +175,7 @@ class Store:
                 (run_id,),
             ).fetchall()
             attempts = conn.cursor(row_factory=dict_row).execute(
-                "SELECT step, item, number, state, started_at, finished_at, error, output"
+                "SELECT step, item, number, state, started_at, finished_at, error, output, usage"
                 " FROM statepipe.attempts WHERE run_id = %s ORDER BY step, item, number",
                 (run_id,),
             ).fetchall()
@@ -208,9 +210,10 @@ class Store:
 
     # -- ownership --------------------------------------------------------------------------
 
-    def claim(self, run_id: str, owner: str, ttl: float, take_over: bool = False) -> int:
+    def claim(self, run_id: str, owner: str, ttl: float, owner_is_dead: Callable[[str], bool]) -> int:
         """Become the run's owner and return the new fencing token. A live lease is refused
-        unless `take_over` (its owner is known dead); finished runs are refused."""
+        unless its holder is known dead, judged under the row lock so two claimants that both
+        saw a dead owner cannot both win; finished runs are refused."""
         with self._tx() as conn, conn.transaction():
             row = conn.execute(
                 "SELECT state, owner, lease_expires_at > now() FROM statepipe.runs WHERE id = %s FOR UPDATE",
@@ -221,7 +224,7 @@ class Store:
             state, current, live = row
             if state in ("succeeded", "cancelled"):
                 raise ConflictError(f"run {run_id} already {state}; nothing to resume")
-            if current and live and current != owner and not take_over:
+            if current and live and current != owner and not owner_is_dead(current):
                 raise ConflictError(f"run {run_id} is being executed by {current}; try again when it stops")
             (token,) = conn.execute(
                 "UPDATE statepipe.runs SET owner = %s, lease_expires_at = now() + %s,"
@@ -296,7 +299,8 @@ class Store:
     # -- the write path ---------------------------------------------------------------------
 
     def commit(self, changes: Sequence[Change]) -> list[list[Event]]:
-        """Commit all changes in one transaction; returns each change's events with their seq.
+        """Commit all changes in one transaction, pipelined into one round trip; returns each
+        change's events with their seq.
 
         Raises LeaseLost (nothing written) when any run's fencing token has moved on; the caller
         drops that run's changes and commits the rest again."""
@@ -304,14 +308,16 @@ class Store:
         for i, ch in enumerate(changes):
             by_run.setdefault(ch.run_id, []).append(i)
         try:
-            with self._tx() as conn, conn.transaction():
-                lasts: dict[str, int] = {}
-                for run_id, idx in by_run.items():
-                    events = [e for i in idx for e in changes[i].events]
-                    lasts[run_id] = self._append(conn, run_id, changes[idx[0]].fence, events)[-1]
-                self._apply(conn, changes)
-        except psycopg.errors.RaiseException as exc:
-            if exc.sqlstate == LEASE_LOST_SQLSTATE:
+            with self._tx() as conn:
+                with conn.pipeline(), conn.transaction():
+                    cursors = {
+                        run_id: self._append(conn, run_id, changes[idx[0]].fence, [e for i in idx for e in changes[i].events])
+                        for run_id, idx in by_run.items()
+                    }
+                    self._apply(conn, changes)
+                lasts = {run_id: _fetch_last(cur) for run_id, cur in cursors.items()}
+        except psycopg.DatabaseError as exc:
+            if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
                 lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
                 raise LeaseLost(lost) from exc
             raise
@@ -323,8 +329,9 @@ class Store:
             firsts[ch.run_id] = seq + len(ch.events)
         return out
 
-    def _append(self, conn: psycopg.Connection[Any], run_id: str, fence: int, events: Sequence[NewEvent]) -> list[int]:
-        row = conn.execute(
+    def _append(self, conn: psycopg.Connection[Any], run_id: str, fence: int, events: Sequence[NewEvent]) -> psycopg.Cursor[Any]:
+        """Queue the fenced append; its result (the run's last seq) is read after the sync."""
+        return conn.cursor().execute(
             "SELECT statepipe.append_events(%s, %s, %s::timestamptz[], %s::text[], %s::text[],"
             " %s::text[], %s::integer[], %s::text[])",
             (
@@ -337,57 +344,66 @@ class Store:
                 [e.attempt for e in events],
                 [json.dumps(e.data, default=str) for e in events],
             ),
-        ).fetchone()
-        last = int(row[0]) if row else 0
-        return list(range(last - len(events) + 1, last + 1))
+        )
 
-    def _insert_steps(self, conn: psycopg.Connection[Any], run_id: str, steps: Sequence[NewStepRow]) -> None:
-        if steps:
-            conn.cursor().executemany(
-                "INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [(run_id, s.name, s.item, s.position, s.item_index, s.fanout, s.compensates, s.state, s.depends_on) for s in steps],
-            )
+    def _insert_steps(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[str, NewStepRow]]) -> None:
+        if not rows:
+            return
+        conn.execute(
+            "INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on)"
+            " SELECT u.run_id, u.name, u.item, u.position, u.item_index, u.fanout, u.compensates, u.state,"
+            "  ARRAY(SELECT jsonb_array_elements_text(u.deps::jsonb))"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[], %s::boolean[],"
+            "  %s::text[], %s::text[], %s::text[])"
+            "  AS u(run_id, name, item, position, item_index, fanout, compensates, state, deps)",
+            (
+                [r for r, _ in rows], [s.name for _, s in rows], [s.item for _, s in rows],
+                [s.position for _, s in rows], [s.item_index for _, s in rows], [s.fanout for _, s in rows],
+                [s.compensates for _, s in rows], [s.state for _, s in rows], [json.dumps(s.depends_on) for _, s in rows],
+            ),
+        )
 
     def _apply(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> None:
-        cur = conn.cursor()
+        """Every row write of a batch in a few set-based statements (new step rows first: the
+        same batch may start them)."""
         for ch in changes:
             if ch.run is not None:
-                cur.execute(
+                conn.execute(
                     "UPDATE statepipe.runs SET state = %s, started_at = COALESCE(%s, started_at),"
-                    " finished_at = %s, error = %s,"
-                    " requested = CASE WHEN %s THEN NULL ELSE requested END WHERE id = %s",
-                    (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run.clear_request, ch.run_id),
+                    " finished_at = %s, error = %s, requested = CASE WHEN %s THEN NULL ELSE requested END,"
+                    " owner = CASE WHEN %s THEN NULL ELSE owner END,"
+                    " lease_expires_at = CASE WHEN %s THEN NULL ELSE lease_expires_at END WHERE id = %s",
+                    (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run.clear_request,
+                     ch.run.release, ch.run.release, ch.run_id),
                 )
-            self._insert_steps(conn, ch.run_id, ch.new_steps)
-        step_rows = [
-            (s.state, s.attempt, s.started_at, s.finished_at, s.error, s.next_attempt_at, ch.run_id, s.name, s.item)
-            for ch in changes
-            for s in ch.steps
-        ]
-        if step_rows:
-            cur.executemany(
-                "UPDATE statepipe.steps SET state = %s, attempt = %s, started_at = %s, finished_at = %s,"
-                " error = %s, next_attempt_at = %s WHERE run_id = %s AND name = %s AND item = %s",
-                step_rows,
+        self._insert_steps(conn, [(ch.run_id, s) for ch in changes for s in ch.new_steps])
+        # a step written twice in one batch: its last write is its state
+        latest = {(ch.run_id, s.name, s.item): s for ch in changes for s in ch.steps}
+        if latest:
+            keys, rows = list(latest), list(latest.values())
+            conn.execute(
+                "UPDATE statepipe.steps s SET state = u.state, attempt = u.attempt, started_at = u.started_at,"
+                " finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::timestamptz[],"
+                "  %s::timestamptz[], %s::text[], %s::timestamptz[])"
+                "  AS u(run_id, name, item, state, attempt, started_at, finished_at, error, next_attempt_at)"
+                " WHERE s.run_id = u.run_id AND s.name = u.name AND s.item = u.item",
+                (
+                    [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+                    [r.state for r in rows], [r.attempt for r in rows], [r.started_at for r in rows],
+                    [r.finished_at for r in rows], [r.error for r in rows], [r.next_attempt_at for r in rows],
+                ),
             )
-        started = [(ch.run_id, a.step, a.item, a.number, a.state, a.started_at) for ch in changes for a in ch.attempts_started]
-        if started:
-            cur.executemany(
-                "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                started,
-            )
-        finished = [
-            (a.state, a.finished_at, a.error, a.output, ch.run_id, a.step, a.item, a.number)
+        attempts = [
+            (ch.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage)
             for ch in changes
-            for a in ch.attempts_finished
+            for a in ch.attempts
         ]
-        if finished:
-            cur.executemany(
-                "UPDATE statepipe.attempts SET state = %s, finished_at = %s, error = %s, output = %s::jsonb"
-                " WHERE run_id = %s AND step = %s AND item = %s AND number = %s",
-                finished,
+        if attempts:  # row by row (pipelined): outputs can be megabytes, which arrays would escape
+            conn.cursor().executemany(
+                "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at,"
+                " error, output, usage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)",
+                attempts,
             )
 
     # -- events -----------------------------------------------------------------------------
@@ -411,6 +427,11 @@ class Store:
                 yield conn
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
+
+
+def _fetch_last(cur: psycopg.Cursor[Any]) -> int:
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _event(run_id: str, seq: int, e: NewEvent) -> Event:

@@ -128,7 +128,7 @@ def parse_since(text: str | None) -> datetime | None:
 # -- executing --------------------------------------------------------------------------------
 
 
-def _drain_on_signals(runtime: Any, grace: float, what: str) -> None:
+def _drain_on_signals(runtime: Any, grace: float, what: str, say: Any = None) -> None:
     """First SIGINT/SIGTERM: start nothing new, give running steps `grace` seconds, then
     interrupt them; a second signal exits at once. Either way the run stays resumable."""
     import asyncio
@@ -141,7 +141,7 @@ def _drain_on_signals(runtime: Any, grace: float, what: str) -> None:
         count["n"] += 1
         if count["n"] > 1:
             os._exit(EXIT_INTERRUPTED)  # the next owner resumes; nothing committed is lost
-        err.print(f"stopping {what}: no new steps; waiting up to {grace:g}s for running steps (signal again to quit now)")
+        (say or err.print)(f"stopping {what}: no new steps; waiting up to {grace:g}s for running steps (signal again to quit now)")
         runtime.stop()
         loop.call_later(grace, runtime.interrupt)
 
@@ -149,7 +149,7 @@ def _drain_on_signals(runtime: Any, grace: float, what: str) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
-def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: dict[str, Any] | None, grace: float) -> int:
+def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: dict[str, Any] | None, grace: float, dry_run: bool = False) -> int:
     """Shared by run and resume: views on, execute with signal handling, result written."""
     import asyncio
 
@@ -169,7 +169,7 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
         runtime.listen(StdoutEvents().write)
     if run_id is None:
         assert loaded is not None and run_input is not None
-        run_id = runtime.create_run(loaded, run_input)
+        run_id = runtime.create_run(loaded, run_input, dry_run=dry_run)
     err.print(f"run [bold]{run_id}[/bold]" if interactive else f"run {run_id}", highlight=False)
 
     live = None
@@ -179,7 +179,7 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
         runtime.listen(live.update)
 
     async def main() -> str:
-        _drain_on_signals(runtime, grace, "the run")
+        _drain_on_signals(runtime, grace, "the run", say=(lambda msg: setattr(live, "notice", msg)) if live else None)
         return (await runtime.execute(run_id, loaded)).state
 
     try:
@@ -218,21 +218,36 @@ def run(
     input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="JSON object file; - reads stdin.")] = None,
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Only enqueue: a `statepipe worker` executes it. Prints the run id.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="LLM calls answered by a simulated model: no key, no cost.")] = False,
 ) -> None:
     """Run a workflow: live step tree on a terminal, JSONL events when piped."""
     from statepipe.definition.loader import load
 
     run_input = parse_inputs(inputs, input_file)
     loaded = load(workflow)  # a bad workflow is reported before the database is touched
+    if not dry_run:
+        _check_keys(loaded.workflow)
+    loaded.workflow.check_input(run_input)
     store = _store()
     if detach:
         from statepipe.engine.runtime import Runtime
 
         runtime = Runtime(store)
-        typer.echo(runtime.create_run(loaded, run_input, detach=True))
+        typer.echo(runtime.create_run(loaded, run_input, detach=True, dry_run=dry_run))
         runtime.close()
         return
-    raise typer.Exit(_execute(store, None, workflow, run_input, grace))
+    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run))
+
+
+def _check_keys(wf: Any) -> None:
+    """A missing API key is a one-line error now, not a traceback in step 3."""
+    from statepipe.errors import ConfigError
+    from statepipe.llm.models import missing_keys
+
+    missing = missing_keys(wf.models)
+    if missing:
+        model, env = missing[0]
+        raise ConfigError(f"workflow {wf.name} calls {model}, which needs {env}; set it, or try it with --dry-run")
 
 
 @app.command()

@@ -43,6 +43,8 @@ class LiveView:
         self.run_state = "pending"
         self.began = time.monotonic()
         self.rows: dict[str, _Row] = {}
+        self.notice = ""
+        self.dry_run = False  # a line under the table: what the process is doing about a signal
         self._lock = threading.Lock()
         self._live = Live(self, console=console, refresh_per_second=8, transient=False)
         if snapshot is not None:
@@ -50,6 +52,7 @@ class LiveView:
 
     def _seed(self, snap: RunSnapshot) -> None:
         self.run_state = snap.run.state
+        self.dry_run = snap.run.dry_run
         for s in snap.steps:
             row = self._row(s.name, s.item or None)
             row.state = s.state
@@ -104,6 +107,10 @@ class LiveView:
                 row.elapsed = time.monotonic() - row.began
             row.began = None
             row.line = str(data.get("summary") or data.get("error") or data.get("reason") or "")
+            usage = data.get("usage")
+            if usage:
+                cost = "simulated" if usage.get("simulated") else f"${usage.get('cost_usd', 0):.4f}"
+                row.line = f"[{usage.get('total_tokens', 0)} tok {cost}] {row.line}"
         elif e.type == "step_reset":
             row.state, row.line = "pending", ""
         elif e.type == "progress":
@@ -149,5 +156,8 @@ class LiveView:
                 ("run ", "dim"), (self.run_id, "bold"), ("  ", ""), (self.workflow, "cyan"), ("  ", ""),
                 (self.run_state, STATE_STYLE.get(self.run_state, "")), ("  ", ""),
                 (format_duration(time.monotonic() - self.began), "dim"),
+                ("  [simulated model: --dry-run]" if self.dry_run else "", "bold magenta"),
             )
+            if self.notice:
+                return Group(head, table, Text(self.notice, style="magenta"))
             return Group(head, table)

@@ -40,7 +40,7 @@ def step_json(snap: RunSnapshot, s: StepRow) -> dict[str, Any]:
         "finished_at": iso(s.finished_at),
         "duration_s": _duration(s),
         "next_attempt_at": iso(s.next_attempt_at),
-        "attempts": [a.as_json() for a in s.attempts],
+        "attempts": [a.as_json() for a in s.with_current()],
     }
 
 
@@ -62,6 +62,10 @@ def _pretty(value: Any, full: bool) -> str:
     return text
 
 
+def _json(value: Any, full: bool) -> Syntax:
+    return Syntax(_pretty(value, full), "json", background_color="default", word_wrap=True)
+
+
 def _state(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
@@ -79,16 +83,18 @@ def inspect_view(snap: RunSnapshot, full: bool = False) -> RenderableType:
     head.add_row("finished", format_time(run.finished_at))
     head.add_row("duration", format_duration(run.duration))
     head.add_row("steps", f"{run.steps_done}/{run.steps_total} done")
+    if run.tokens is not None:
+        head.add_row("llm", f"{run.tokens} tokens · {format_cost(run.cost_usd, run.dry_run)}" + (" (simulated model: --dry-run)" if run.dry_run else ""))
     if run.owner:
         head.add_row("owner", run.owner)
-    head.add_row("input", Syntax(_pretty(run.input, full), "json", background_color="default"))
-    if run.state == "succeeded":
-        head.add_row("result", Syntax(_pretty(snap.result(), full), "json", background_color="default"))
     if run.error:
         head.add_row("error", Text(run.error, style="red"))
+    sections: list[RenderableType] = [Panel(head, title="run", title_align="left"), Panel(_json(run.input, full), title="input", title_align="left")]
+    if run.state == "succeeded":
+        sections.append(Panel(_json(snap.result(), full), title="result", title_align="left"))
 
     table = Table(title="steps", title_justify="left", expand=False)
-    for col in ("step", "state", "attempts", "started", "duration", "output / error"):
+    for col in ("step", "state", "attempts", "started", "duration", "llm", "output / error"):
         table.add_column(col, overflow="fold")
     for parent in snap.parents():
         rows = [parent, *snap.children(parent.name)]
@@ -96,25 +102,43 @@ def inspect_view(snap: RunSnapshot, full: bool = False) -> RenderableType:
             label = f"  └ {s.item}" if s.item else s.name
             value = snap.output_of(s)
             summary = Text(s.error, style="red") if s.error else Text(summarize(value) if s.state == "succeeded" else "", style="dim")
-            attempts = ", ".join(f"#{a.number} {a.state}" for a in s.attempts) or "-"
-            table.add_row(label, _state(s.state), attempts, format_time(s.started_at), format_duration(_duration(s)), summary)
+            attempts = ", ".join(f"#{a.number} {a.state}" for a in s.with_current()) or "-"
+            table.add_row(label, _state(s.state), attempts, format_time(s.started_at), format_duration(_duration(s)), _usage_cell(s), summary)
 
     outputs: list[RenderableType] = []
     for parent in snap.parents():
         value = snap.output_of(parent)
         if parent.state == "succeeded":
-            outputs.append(Panel(Syntax(_pretty(value, full), "json", background_color="default"), title=parent.name, title_align="left"))
-    return Group(Panel(head, title="run", title_align="left"), table, *outputs)
+            outputs.append(Panel(_json(value, full), title=parent.name, title_align="left"))
+    return Group(*sections, table, *outputs)
+
+
+def format_cost(cost: float | None, simulated: bool = False) -> str:
+    if simulated:
+        return "simulated"
+    if cost is None:
+        return ""
+    return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
+
+
+def _usage_cell(s: StepRow) -> str:
+    """Tokens and cost over every attempt of the step (failed ones cost money too)."""
+    usages = [a.usage for a in s.attempts if a.usage]
+    if not usages:
+        return ""
+    tokens = sum(int(u.get("total_tokens") or 0) for u in usages)
+    simulated = any(u.get("simulated") for u in usages)
+    return f"{tokens} tok {format_cost(sum(float(u.get('cost_usd') or 0) for u in usages), simulated)}"
 
 
 def list_table(runs: list[RunRow]) -> Table:
     table = Table(expand=False)
-    for col in ("id", "workflow", "state", "started", "duration", "steps"):
-        table.add_column(col, no_wrap=True)
+    for col in ("id", "workflow", "state", "started", "duration", "steps", "cost"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "cost" else "left")
     for r in runs:
         table.add_row(
             r.id[:8], r.workflow, _state(r.state), format_time(r.started_at or r.created_at),
-            format_duration(r.duration), f"{r.steps_done}/{r.steps_total}",
+            format_duration(r.duration), f"{r.steps_done}/{r.steps_total}", format_cost(r.cost_usd, r.dry_run and r.tokens is not None),
         )
     return table
 

@@ -1,0 +1,131 @@
+"""One model call from a step: limits, backoff honouring Retry-After, fallbacks, usage, and the
+streamed deltas turned into events of the step's current attempt.
+
+Backoff happens inside the call only while nothing has streamed yet; once text has been emitted
+a failure ends the attempt, so a retry's text is never mixed into the failed attempt's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import tenacity
+
+from statepipe.engine.context import StepContext
+from statepipe.errors import NonRetryable
+from statepipe.llm.backends import SIMULATED, Refused, Reply, Shape, Transient, openai_stream, simulated_stream
+from statepipe.llm.limits import admitted
+from statepipe.llm.models import ModelConfig, model_config
+
+TRIES_PER_MODEL = 4
+
+
+class MissingAPIKey(NonRetryable):
+    """The model needs a key that is not in the environment."""
+
+
+class ModelUnavailable(Exception):
+    """Every model in the chain kept failing; the step's retry policy decides what next."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    hint = getattr(exc, "retry_after", None)
+    backoff = min(8.0, 0.5 * 2 ** (state.attempt_number - 1))
+    return float(hint) if isinstance(hint, (int, float)) and hint > 0 else backoff
+
+
+def call(
+    ctx: StepContext,
+    messages: list[dict[str, Any]],
+    *,
+    model: str,
+    params: dict[str, Any],
+    shape: Shape = Shape(),
+    on_delta: Callable[[str], None] | None = None,
+) -> Reply:
+    """Call `model` (then its fallbacks), stream deltas to `on_delta`, record usage on `ctx`."""
+    first = model_config(model)
+    chain = [first, *(model_config(m) for m in first.fallbacks)]
+    last: Transient | None = None
+    for i, cfg in enumerate(chain):
+        if not ctx.dry_run and not cfg.key():
+            raise MissingAPIKey(f"model {cfg.name} needs {cfg.api_key_env}; set it, or run with --dry-run")
+        streamed = [False]
+
+        def once(cfg: ModelConfig = cfg) -> Reply:
+            return _one(ctx, cfg, messages, params, shape, on_delta, streamed, fallback_from=model if i else None)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Transient) and not streamed[0]),
+            wait=_wait,
+            stop=tenacity.stop_after_attempt(TRIES_PER_MODEL),
+            reraise=True,
+            before_sleep=lambda st, cfg=cfg: ctx.progress(
+                f"{cfg.name}: {st.outcome.exception() if st.outcome else ''}; waiting {st.upcoming_sleep:.1f}s",
+                retrying=True,
+            ),
+        )
+        try:
+            return retrying(once)
+        except Transient as exc:
+            if streamed[0]:
+                raise ModelUnavailable(str(exc), exc.retry_after) from exc
+            last = exc
+            if i + 1 < len(chain):
+                ctx.progress(f"{cfg.name} unavailable ({exc}); falling back to {chain[i + 1].name}", fallback=chain[i + 1].name)
+    assert last is not None
+    raise ModelUnavailable(f"{model} and its fallbacks are unavailable: {last}", last.retry_after) from last
+
+
+def _one(
+    ctx: StepContext,
+    cfg: ModelConfig,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    shape: Shape,
+    on_delta: Callable[[str], None] | None,
+    streamed: list[bool],
+    fallback_from: str | None,
+) -> Reply:
+    estimate = sum(len(str(m.get("content") or "")) for m in messages) // 4 + int(params.get("max_tokens") or 512)
+    with admitted(cfg, estimate) as waited:
+        began = time.monotonic()
+        first: float | None = None
+        source: Iterator[str | Reply] = (
+            simulated_stream(cfg, messages, params, shape) if ctx.dry_run else openai_stream(cfg, messages, params)
+        )
+        try:
+            for piece in source:
+                if isinstance(piece, Reply):
+                    reply = piece
+                    break
+                if first is None:
+                    first = time.monotonic()
+                streamed[0] = True
+                if on_delta is not None:
+                    on_delta(piece)
+            else:
+                raise Transient(f"{cfg.name}: the stream ended without a reply")
+        except Refused as exc:
+            raise NonRetryable(str(exc)) from exc
+    latency = time.monotonic() - began
+    ctx.record_usage({
+        "model": reply.model if not ctx.dry_run else SIMULATED,
+        "requested_model": cfg.name,
+        "simulated": ctx.dry_run,
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "cost_usd": 0.0 if ctx.dry_run else round(cfg.cost(reply.prompt_tokens, reply.completion_tokens), 8),
+        "latency_s": round(latency, 4),
+        "ttft_s": round(first - began, 4) if first is not None else None,
+        "waited_s": round(waited, 4),
+        "fallback_from": fallback_from,
+    })
+    return reply
