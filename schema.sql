@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS statepipe.runs (
     -- a control command for the owner: pause, pause_now, cancel, cancel_compensate
     requested        text,
     dry_run          boolean NOT NULL DEFAULT false, -- LLM calls answered by the simulated model
+    no_cache         boolean NOT NULL DEFAULT false, -- never reuse cached outputs of other runs
+    fingerprint      jsonb NOT NULL DEFAULT '{}',    -- step name -> fingerprint of its code
+    forked_from      text,                           -- the run whose outputs this one started from
     batch_id         text,
     batch_index      integer
 );
@@ -50,6 +53,8 @@ CREATE TABLE IF NOT EXISTS statepipe.steps (
     item_index   integer,                    -- position of a fan-out child in its parent's list
     fanout       boolean NOT NULL DEFAULT false, -- a map_over parent: its output is its children's
     compensates  text,                       -- set on "<step>:compensate" rows: the step they undo
+    overrides    jsonb,                      -- input values set for this step by rerun --set
+    feedback     text,                       -- what a user asked of this step (rerun, feedback)
     state        text NOT NULL,
     depends_on   text[] NOT NULL DEFAULT '{}',
     attempt      integer NOT NULL DEFAULT 0, -- number of the current attempt (0: none yet)
@@ -71,9 +76,15 @@ CREATE TABLE IF NOT EXISTS statepipe.attempts (
     error        text,
     output       jsonb,
     usage        jsonb,                      -- LLM calls of this attempt: tokens, cost, latency
+    cache_key    text,                       -- inputs + upstream outputs + code, for reuse by any run
+    cached_from  jsonb,                      -- {run_id, step, item, number} when reused from the cache
     PRIMARY KEY (run_id, step, item, number),
     FOREIGN KEY (run_id, step, item) REFERENCES statepipe.steps (run_id, name, item) ON DELETE CASCADE
 );
+
+CREATE INDEX IF NOT EXISTS attempts_cache_idx ON statepipe.attempts (cache_key, finished_at DESC)
+    WHERE cache_key IS NOT NULL AND state = 'succeeded';
+CREATE INDEX IF NOT EXISTS runs_forked_from_idx ON statepipe.runs (forked_from) WHERE forked_from IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS statepipe.events (
     run_id   text NOT NULL REFERENCES statepipe.runs (id) ON DELETE CASCADE,

@@ -8,7 +8,9 @@ dependency), `input` gets the whole run input, and any other name is read from t
 from __future__ import annotations
 
 import graphlib
+import hashlib
 import inspect
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,6 +48,10 @@ class Step:
     optional: bool = False
     on_exhausted: str = "fail"
     compensate: Callable[..., Any] | None = None
+    cache: bool | None = None  # None: the workflow's setting
+    cache_ttl: float | None = None  # seconds a cached output stays usable (None: forever)
+    version: str = ""  # bump to invalidate caches and mark the step changed without editing code
+    model: str | None = None  # the LLM an llm_step calls
     params: tuple[Param, ...] = ()
     is_async: bool = False
     # resolved by Workflow.validate()
@@ -58,6 +64,24 @@ class Step:
     @property
     def param_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
+
+    def fingerprint(self) -> str:
+        """What the step is: its code (and its condition and compensation), declared version and
+        dependencies. A change means its stored output may no longer be what it would produce."""
+        parts = [self.name, self.version, ",".join(self.depends_on), self.map_over or ""]
+        for fn in (self.fn, self.when, self.compensate):
+            parts.append(_source(fn) if fn is not None else "")
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def _source(fn: Callable[..., Any]) -> str:
+    """Source text when Python can find it; the compiled code otherwise (generated functions)."""
+    target = getattr(fn, "__statepipe_source__", fn)
+    try:
+        return inspect.getsource(target)
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        return repr((code.co_code, code.co_consts)) if code is not None else repr(target)
 
 
 def _params_of(fn: Callable[..., Any], what: str) -> tuple[Param, ...]:
@@ -97,12 +121,14 @@ class Workflow:
         result: str | None = None,
         timeout: float | None = None,
         models: Iterable[str] = (),
+        cache: bool = False,
         **hooks: Callable[..., Any],
     ) -> None:
         """`timeout` bounds the whole run in seconds; `models` names the LLMs its steps call
         (llm_step adds its own), so a missing API key is reported before the run starts;
-        `on_init`, `on_progress`, `on_retry`, `on_error`, `on_success` and `on_complete` are
-        hooks called as hook(ctx, meta)."""
+        `cache` lets every step reuse a succeeded attempt with the same cache key from any run
+        (steps may opt in or out themselves); `on_init`, `on_progress`, `on_retry`, `on_error`,
+        `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
         if max_concurrency < 1:
@@ -120,6 +146,7 @@ class Workflow:
             raise DefinitionError(f"workflow {name}: unknown option {unknown[0]!r}; hooks are {', '.join(HOOKS)}")
         self.hooks: dict[str, Callable[..., Any]] = dict(hooks)
         self.models: list[str] = list(models)
+        self.cache = cache
         self._steps: dict[str, Step] = {}
         self._order: list[str] | None = None
 
@@ -142,13 +169,18 @@ class Workflow:
         optional: bool = False,
         on_exhausted: str = "fail",
         compensate: Callable[..., Any] | None = None,
+        cache: bool | None = None,
+        cache_ttl: float | None = None,
+        version: str = "",
     ) -> Any:
         """Decorator registering a step. `retries=N` is shorthand for N retries after the first
         attempt with the workflow's backoff; `retry=RetryPolicy(...)` says everything.
 
         When retries run out the run fails, unless `optional` (dependents get None) or
         `on_exhausted="pause"` (the run rests paused for a human). `compensate(ctx, output)`
-        undoes the step when the run fails or is cancelled with compensation."""
+        undoes the step when the run fails or is cancelled with compensation. `cache=True`
+        reuses a succeeded attempt of any run whose inputs, upstream outputs, code and
+        `version` match (for `cache_ttl` seconds, or forever)."""
 
         def register(f: Callable[..., Any]) -> Step:
             step_name = name or f.__name__
@@ -197,6 +229,9 @@ class Workflow:
                 optional=optional,
                 on_exhausted=on_exhausted,
                 compensate=compensate,
+                cache=cache,
+                cache_ttl=cache_ttl,
+                version=version,
                 params=params,
                 is_async=inspect.iscoroutinefunction(f),
             )
@@ -248,14 +283,20 @@ class Workflow:
                 if p.name != "ctx"
             ]
             run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+            run.__statepipe_source__ = prompt_fn  # type: ignore[attr-defined]  # its code is the prompt's
             run.__name__ = prompt_fn.__name__
             run.__doc__ = prompt_fn.__doc__
             if model not in self.models:
                 self.models.append(model)
             options = dict(step_options)
+            call = {"model": model, "shape": shape, "system": system, "temperature": temperature, "max_tokens": max_tokens,
+                    "schema": api.json_schema(schema) if schema is not None else None}
+            options["version"] = options.get("version", "") + json.dumps(call, sort_keys=True, default=str)
             if "retries" not in options and "retry" not in options:
                 options["retry"] = RetryPolicy(max_attempts=3, initial_interval=0.5, backoff="exponential")
-            return self.step(run, **options)
+            step = self.step(run, **options)
+            step.model = model
+            return step
 
         return register(fn) if fn is not None else register
 
@@ -288,6 +329,22 @@ class Workflow:
         if self.result_step:
             return [self.result_step]
         return [n for n, deps in self.dependents().items() if not deps]
+
+    def fingerprint(self) -> dict[str, str]:
+        """Each step's fingerprint, recorded with every run so resume and rerun can say which
+        steps changed since."""
+        return {s.name: s.fingerprint() for s in self.steps}
+
+    def cached(self, step: Step) -> bool:
+        return self.cache if step.cache is None else step.cache
+
+    def descendants(self, names: Iterable[str]) -> list[str]:
+        """The named steps and everything downstream of them, in topological order."""
+        marked = set(names)
+        for s in self.steps:
+            if any(d in marked for d in s.depends_on):
+                marked.add(s.name)
+        return [s.name for s in self.steps if s.name in marked]
 
     def validate(self) -> list[str]:
         if self._order is not None:

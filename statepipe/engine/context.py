@@ -26,6 +26,7 @@ class StepContext:
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     dry_run: bool = False  # LLM calls are answered by the simulated model
     last_error: str | None = None  # why the previous attempt failed: a repair prompt can quote it
+    feedback: str | None = None  # what the user asked of this step (rerun --feedback, statepipe feedback)
     usage: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one entry per LLM call
     emitted: int = 0  # output chunks sent: a retry after any marks this attempt's text abandoned
 

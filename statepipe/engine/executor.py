@@ -11,6 +11,7 @@ the compensations of its completed steps, newest first, each a persisted step of
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
+from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.outputs import encode, summarize, summarize_usage
 from statepipe.engine.threads import POOL
 from statepipe.errors import (
@@ -73,6 +75,10 @@ class StepState:
     children: list[StepState] = field(default_factory=list)
     undoes: StepState | None = None  # set on a compensation: the step it undoes
     previous_error: str | None = None  # the failed attempt before this one
+    overrides: dict[str, Any] | None = None  # input values a rerun set for this step
+    feedback: str | None = None  # what the user asked of this step
+    stale: list[StepState] = field(default_factory=list)  # children a re-expansion dropped
+    cache_key: str | None = None  # set on a cacheable step when its attempt starts
     ctx: StepContext | None = None
     began: float = 0.0
 
@@ -100,11 +106,32 @@ class StepState:
     def row(self) -> StepRowWrite:
         return StepRowWrite(
             self.name, self.item, self.state, self.attempt, self.started_at, self.finished_at,
-            self.error, self.next_attempt_at,
+            self.error, self.next_attempt_at, self.overrides, self.feedback, self.item_index,
         )
 
     def event(self, type_: str, **data: Any) -> NewEvent:
         return NewEvent(type_, self.name, self.item_or_none, self.attempt or None, data)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A step's output found in the cache instead of computed."""
+
+    source: dict[str, Any]
+    output: str
+
+
+def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: str | None) -> str:
+    """Same workflow step, same code and version, same inputs (run input, upstream outputs, item,
+    overrides) and same guidance: same output."""
+    material = {
+        "workflow": workflow,
+        "step": st.step.name,
+        "code": st.step.fingerprint(),
+        "inputs": {k: v for k, v in kwargs.items() if k != "ctx"},
+        "feedback": feedback,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
@@ -136,8 +163,10 @@ def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Fu
 
 
 class RunExecutor:
-    def __init__(self, runtime: Runtime, wf: Workflow, snap: RunSnapshot, fence: int) -> None:
+    def __init__(self, runtime: Runtime, wf: Workflow, snap: RunSnapshot, fence: int, rerun: RerunPlan | None = None) -> None:
         self.runtime = runtime
+        self.rerun = rerun
+        self.no_cache = snap.run.no_cache
         self.wf = wf
         self.run_id = snap.run.id
         self.input: dict[str, Any] = snap.run.input
@@ -173,15 +202,18 @@ class RunExecutor:
         for row in snap.parents():
             self.parents[row.name] = self._state_from(self.wf[row.name], row)
         for name, parent in self.parents.items():
-            rows = snap.children(name)
-            if not rows:
-                continue
-            source = self.parents[parent.step.map_over or ""].output or []
-            for row in rows:
+            source = self.parents[parent.step.map_over or ""].output if parent.step.map_over else None
+            for row in snap.children(name):
                 child = self._state_from(parent.step, row)
-                child.item_value = source[row.item_index] if row.item_index is not None and row.item_index < len(source) else None
+                index = row.item_index or 0
+                child.item_value = source[index] if isinstance(source, list) and index < len(source) else None
                 parent.children.append(child)
-            if parent.state == "succeeded":
+            parent.stale = [
+                self._state_from(parent.step, row)
+                for row in snap.steps
+                if row.name == name and row.item and row.item_index is None and row.compensates is None
+            ]
+            if parent.state == "succeeded" and parent.step.map_over:
                 parent.output = [c.output for c in parent.children]
         for row in snap.compensations():
             target = self._find(row.compensates or "", row.item)
@@ -211,6 +243,8 @@ class RunExecutor:
             error=row.error,
             next_attempt_at=row.next_attempt_at,
             output=row.output if row.state == "succeeded" else None,
+            overrides=row.overrides,
+            feedback=row.feedback,
         )
 
     def result(self) -> Any:
@@ -234,6 +268,8 @@ class RunExecutor:
         when stopped early and left resumable."""
         change = self._change()
         self._recover(change)
+        if self.rerun is not None:
+            self._apply_rerun(self.rerun, change)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
@@ -278,40 +314,93 @@ class RunExecutor:
         else:
             if state == "paused":
                 self.run_lc.send("unpause")
-            elif state == "failed":
+            elif state in ("failed", "succeeded", "cancelled"):  # the last two: only for a rerun
                 self.run_lc.send("reopen")
             retry = self.request == RETRY_REQUEST  # batch re-runs a failed run's failed steps
             if retry:
                 self.request = None
             change.run = RunWrite("running", error=self.failure if self.compensations else None, clear_request=retry)
             change.events.append(NewEvent("run_resumed", data={"owner": self.runtime.owner, "from_state": state}))
-        if state == "failed":
+        if state in ("failed", "succeeded", "cancelled"):
             self.clock_start = now  # a reopened run gets its whole timeout again
-        retry_failed = state in ("failed", "paused") and not self.compensations
+        retry_failed = state in ("failed", "paused", "cancelled") and not self.compensations
         if retry_failed:
             self.failure = None
         for st in self.all_states():
             if st.state == "running" and not (st.step.map_over and not st.item and not st.undoes):
                 self._abandon(st, change, "the process running it stopped")
-            elif st.state == "failed" and retry_failed:
+            elif st.state in ("failed", "cancelled") and retry_failed:
                 self._reset(st, change, f"resume of a {state} run")
                 if st.step.map_over and not st.item and st.children:
                     self._begin_attempt(st, change)  # its failed children run again under it
         self._hook("on_init", resumed=state != "pending")
 
-    def _record_attempt(self, st: StepState, change: Change, state: str, error: str | None = None, output: str | None = None) -> None:
+    def _record_attempt(
+        self, st: StepState, change: Change, state: str, error: str | None = None, output: str | None = None,
+        cached_from: dict[str, Any] | None = None,
+    ) -> None:
         """An attempt is written once, when it ends; while it runs the step row tells of it."""
         usage = summarize_usage(st.ctx.usage) if st.ctx is not None and st.ctx.usage else None
         change.attempts.append(AttemptWrite(
             st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=utcnow(),
             error=error, output=output, usage=json.dumps(usage) if usage else None,
+            cache_key=st.cache_key if state == "succeeded" and st.undoes is None else None, cached_from=cached_from,
         ))
 
-    def _reset(self, st: StepState, change: Change, reason: str) -> None:
+    def _reset(self, st: StepState, change: Change, reason: str, event: str = "step_reset") -> None:
+        if st.state == "waiting":
+            st.lc.send("cancel")  # a pending retry is superseded: waiting -> cancelled -> pending
         st.lc.send("reset")
         st.error = None
+        st.output = None
         change.steps.append(st.row())
-        change.events.append(st.event("step_reset", reason=reason))
+        change.events.append(st.event(event, reason=reason))
+
+    def _apply_rerun(self, plan: RerunPlan, change: Change) -> None:
+        """Invalidate what the plan touches, in the same commit as the run's reopening: every
+        step outside it keeps its stored output and does not execute."""
+        old_input = self.input
+        if plan.input is not None:
+            self.input = plan.input
+            assert change.run is not None
+            change.run.input = plan.input
+            change.events.append(NewEvent("input_changed", data={"before": old_input, "after": plan.input, "reason": plan.reason}))
+        if plan.fingerprint is not None:
+            assert change.run is not None
+            change.run.fingerprint = plan.fingerprint
+            change.events.append(NewEvent("code_changed", data={"steps": plan.changed}))
+        named = plan.named(self.wf, old_input)
+        affected = self.wf.descendants(named + list(plan.items))
+        plan.affected_steps = affected
+        reason = plan.reason
+        for name in affected:
+            st = self.parents[name]
+            if name in plan.items and name not in named:
+                for child in st.children:
+                    if child.item in plan.items[name] and child.state != "pending":
+                        self._reset(child, change, reason, "step_invalidated")
+                if st.state != "running":
+                    if st.state != "pending":
+                        self._reset(st, change, reason, "step_invalidated")
+                    self._begin_attempt(st, change)  # its children run under a new attempt
+            else:
+                if st.state not in ("pending", "running"):
+                    self._reset(st, change, reason, "step_invalidated")
+                if st.step.map_over:  # re-expanded from its source's new output
+                    for child in st.children:
+                        child.item_index = None
+                        change.steps.append(child.row())
+                    st.stale += st.children
+                    st.children = []
+            st.overrides = {**(st.overrides or {}), **plan.overrides.get(name, {})} or None
+            if name in plan.feedback:
+                st.feedback = plan.feedback[name]
+            change.steps.append(st.row())
+        kept = [n for n in self.parents if n not in affected]
+        change.events.append(NewEvent("rerun", data={
+            "reason": reason, "steps": named, "items": plan.items, "affected": affected, "kept": kept,
+            "overrides": plan.overrides, "feedback": plan.feedback, **plan.note,
+        }))
 
     def _abandon(self, st: StepState, change: Change, reason: str) -> None:
         st.lc.send("interrupt")
@@ -440,12 +529,22 @@ class RunExecutor:
             self._fail(parent, change, problem)
             return
         assert isinstance(source, list)
+        existing = {c.item: c for c in parent.stale + parent.children}
+        parent.children = []
         for i, (key, item) in enumerate(zip(keys, source)):
-            child = StepState(parent.step, key, step_lifecycle("pending", f"{parent.name}[{key}]"), i, item)
+            child = existing.pop(key, None)
+            if child is None:
+                child = StepState(parent.step, key, step_lifecycle("pending", f"{parent.name}[{key}]"), i, item)
+                change.new_steps.append(
+                    NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on), position=self._position(parent))
+                )
+            else:  # a row from an earlier expansion: same identity, fresh attempt history continues
+                if child.state != "pending":
+                    self._reset(child, change, "re-expanded", "step_invalidated")
+                child.item_index, child.item_value = i, item
+                change.steps.append(child.row())
             parent.children.append(child)
-            change.new_steps.append(
-                NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on), position=self._position(parent))
-            )
+        parent.stale = list(existing.values())
         if not keys:
             self._succeed_parent(parent, change)
 
@@ -469,8 +568,11 @@ class RunExecutor:
         if st.undoes is not None:
             return self._compensation_kwargs(st, ctx)
         kwargs: dict[str, Any] = {}
+        overrides = self.parents[st.step.name].overrides or {}
         for p in st.step.params:
-            if p.name == "ctx":
+            if p.name in overrides:
+                kwargs[p.name] = overrides[p.name]
+            elif p.name == "ctx":
                 kwargs["ctx"] = ctx
             elif p.name == "item":
                 kwargs["item"] = st.item_value
@@ -493,7 +595,7 @@ class RunExecutor:
     def _launch(self, st: StepState) -> None:
         ctx = StepContext(
             self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish,
-            dry_run=self.dry_run, last_error=st.previous_error,
+            dry_run=self.dry_run, last_error=st.previous_error, feedback=st.feedback or self.parents[st.step.name].feedback,
         )
         st.ctx = ctx
         st.began = time.monotonic()
@@ -503,6 +605,13 @@ class RunExecutor:
 
     async def _invoke(self, st: StepState, ctx: StepContext) -> Any:
         kwargs = self._kwargs(st, ctx)
+        st.cache_key = None
+        if st.undoes is None and self.wf.cached(st.step):
+            st.cache_key = _cache_key(self.wf.name, st, kwargs, ctx.feedback)
+            if not self.no_cache:
+                hit = await asyncio.to_thread(self.runtime.store.cache_lookup, st.cache_key, st.step.cache_ttl)
+                if hit is not None:
+                    return _Cached(*hit)
         fn = st.step.compensate if st.undoes is not None else st.step.fn
         assert fn is not None
         if inspect.iscoroutinefunction(fn):
@@ -550,8 +659,13 @@ class RunExecutor:
     def _settle(self, st: StepState, task: asyncio.Task[Any], change: Change) -> None:
         error: BaseException | None = StepInterrupted("cancelled") if task.cancelled() else task.exception()
         if error is None:
+            result = task.result()
+            if isinstance(result, _Cached):
+                change.events.append(st.event("step_cached", source=result.source))
+                self._succeed(st, change, result.output, cached_from=result.source)
+                return
             try:
-                text = encode(task.result(), f"step {st.label}")
+                text = encode(result, f"step {st.label}")
             except OutputNotSerializable as exc:
                 error = exc
             else:
@@ -586,11 +700,11 @@ class RunExecutor:
             return
         self._fail(st, change, message)
 
-    def _succeed(self, st: StepState, change: Change, text: str) -> None:
+    def _succeed(self, st: StepState, change: Change, text: str, cached_from: dict[str, Any] | None = None) -> None:
         st.output = json.loads(text)
         st.lc.send("succeed")
         st.finished_at = utcnow()
-        self._record_attempt(st, change, "succeeded", output=text)
+        self._record_attempt(st, change, "succeeded", output=text, cached_from=cached_from)
         change.steps.append(st.row())
         data: dict[str, Any] = {"duration_s": round(time.monotonic() - st.began, 4), "summary": summarize(st.output)}
         if st.ctx is not None and st.ctx.usage:

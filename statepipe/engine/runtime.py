@@ -18,10 +18,12 @@ import psycopg
 
 from statepipe.config import lease_seconds
 from statepipe.definition.loader import Loaded, load, load_ref
+from statepipe.definition.workflow import Workflow
 from statepipe.engine.executor import RunExecutor
+from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
-from statepipe.errors import DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
+from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
 from statepipe.store.records import NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
@@ -66,11 +68,12 @@ class Runtime:
         detach: bool = False,
         batch: tuple[str, int] | None = None,
         dry_run: bool = False,
+        no_cache: bool = False,
     ) -> str:
         """Validate the input and record a pending run: owned by this runtime from the first
         instant (so no worker grabs it), or, with `detach`, left for any worker."""
         return self.create_runs(loaded, [run_input], detach=detach, batch_id=batch[0] if batch else None,
-                                first_index=batch[1] if batch else 0, dry_run=dry_run)[0]
+                                first_index=batch[1] if batch else 0, dry_run=dry_run, no_cache=no_cache)[0]
 
     def create_runs(
         self,
@@ -81,10 +84,12 @@ class Runtime:
         batch_id: str | None = None,
         first_index: int = 0,
         dry_run: bool = False,
+        no_cache: bool = False,
     ) -> list[str]:
         """Many runs of one workflow in one transaction (see create_run)."""
         wf = loaded.workflow
         owner = None if detach else self.owner
+        fingerprint = wf.fingerprint()
         runs: list[NewRun] = []
         for offset, run_input in enumerate(inputs):
             if not isinstance(run_input, dict):
@@ -101,7 +106,7 @@ class Runtime:
             event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
             runs.append(NewRun(
                 str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner,
-                batch_id, first_index + offset if batch_id else None, dry_run,
+                batch_id, first_index + offset if batch_id else None, dry_run, no_cache, fingerprint,
             ))
         created = self.store.create_runs(runs, ttl=self.lease_ttl)
         if owner is not None:
@@ -109,7 +114,8 @@ class Runtime:
             for r in runs:  # what a snapshot would read back, kept so execute() need not read it
                 self._fresh[r.id] = RunSnapshot(
                     RunRow(r.id, r.workflow, r.workflow_ref, "pending", json.loads(r.input_json), None, now, None, None,
-                           now, 1, owner, None, 1, dry_run=dry_run, steps_total=len(r.steps)),
+                           now, 1, owner, None, 1, dry_run=dry_run, no_cache=no_cache, fingerprint=fingerprint,
+                           steps_total=len(r.steps)),
                     [StepRow(st.name, "", None, st.fanout, None, "pending", st.depends_on, 0, None, None, None, None)
                      for st in r.steps],
                 )
@@ -118,21 +124,37 @@ class Runtime:
 
     # -- executing --------------------------------------------------------------------------
 
-    async def execute(self, run_id: str, loaded: Loaded | None = None, fence: int | None = None) -> Outcome:
-        """Claim the run (refusing a live owner), execute it to an end, release the lease."""
+    async def execute(
+        self,
+        run_id: str,
+        loaded: Loaded | None = None,
+        fence: int | None = None,
+        *,
+        rerun: RerunPlan | None = None,
+        strict: bool = False,
+    ) -> Outcome:
+        """Claim the run (refusing a live owner), execute it to an end, release the lease.
+
+        Steps whose code changed since the run recorded it are run again with their
+        descendants, unless `strict`, which refuses instead."""
         self._ensure_control()
         snap = self._fresh.pop(run_id, None)
         if snap is not None:
             fence = 1
         elif fence is None:
-            fence = await asyncio.to_thread(self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead)
+            fence = await asyncio.to_thread(
+                self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead, rerun is not None
+            )
         state, result = "interrupted", None
         lost = False
         try:
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
             wf = (loaded or _load_for(snap.run.workflow_ref, snap.run.workflow)).workflow
-            executor = RunExecutor(self, wf, snap, fence)
+            rerun = self._code_changes(snap, wf, rerun, strict)
+            if rerun is not None:
+                rerun.check(wf, snap)
+            executor = RunExecutor(self, wf, snap, fence, rerun)
             self.executors[run_id] = executor
             state = await executor.execute()
             result = executor.result() if state == "succeeded" else None
@@ -147,6 +169,42 @@ class Runtime:
             for fn in self.finished:
                 fn(run_id, state)
         return Outcome(run_id, state, result)
+
+    @staticmethod
+    def _code_changes(snap: RunSnapshot, wf: Workflow, rerun: RerunPlan | None, strict: bool) -> RerunPlan | None:
+        recorded = snap.run.fingerprint
+        if not recorded:
+            return rerun
+        now = wf.fingerprint()
+        changed = [name for name, fp in now.items() if name in recorded and recorded[name] != fp]
+        if not changed:
+            return rerun
+        if strict:
+            raise ConflictError(f"run {snap.run.id}: the code of {', '.join(changed)} changed since the run recorded it (--strict)")
+        plan = rerun or RerunPlan(reason="code changed")
+        plan.steps = [*plan.steps, *(c for c in changed if c not in plan.steps)]
+        plan.reason = f"{plan.reason}; code changed: {', '.join(changed)}" if rerun else f"code changed: {', '.join(changed)}"
+        plan.fingerprint = now
+        plan.changed = changed
+        return plan
+
+    def fork(self, source: str, loaded: Loaded | None = None, from_steps: Sequence[str] = ()) -> str:
+        """A new run that starts with the source's outputs upstream of `from_steps` (all of its
+        completed steps when none are named) and runs the rest; the source is not touched."""
+        snap = self.store.snapshot(source)
+        wf = (loaded or _load_for(snap.run.workflow_ref, snap.run.workflow)).workflow
+        for name in from_steps:
+            if name not in wf:
+                raise InputError(f"workflow {wf.name} has no step {name!r}")
+        redo = set(wf.descendants(from_steps))
+        done = {s.name for s in snap.parents() if s.state in ("succeeded", "skipped")}
+        keep = [s.name for s in wf.steps if s.name in done and s.name not in redo]
+        run_id = str(uuid.uuid4())
+        event = NewEvent("run_created", data={"workflow": wf.name, "input": snap.run.input, "forked_from": source, "reused": keep})
+        run = NewRun(run_id, wf.name, snap.run.workflow_ref, json.dumps(snap.run.input), [], event, owner=self.owner,
+                     fingerprint=wf.fingerprint())
+        self.writer.dispatch([self.store.fork_run(source, run, keep, ttl=self.lease_ttl)])
+        return run_id
 
     async def execute_many(self, run_ids: Sequence[str], concurrency: int, loaded: Loaded | None = None) -> list[Outcome]:
         """Execute runs with at most `concurrency` in flight; commits of all of them share batches."""

@@ -54,7 +54,7 @@ class NDJSONParser:
     such as "Here are the items:") is reported at once.
     """
 
-    def __init__(self, *, max_pending_lines: int = 50, max_pending_chars: int = 65_536) -> None:
+    def __init__(self, *, max_pending_lines: int = 200, max_pending_chars: int = 65_536) -> None:
         self._max_pending_lines = max_pending_lines
         self._max_pending_chars = max_pending_chars
         # Pieces of the line not yet ended by "\n": joined once when it ends, so a long line fed a

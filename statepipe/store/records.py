@@ -40,6 +40,9 @@ class StepRowWrite:
     finished_at: datetime | None
     error: str | None
     next_attempt_at: datetime | None = None
+    overrides: dict[str, Any] | None = None
+    feedback: str | None = None
+    item_index: int | None = None  # a fan-out child's place; None once a re-expansion drops it
 
 
 @dataclass
@@ -67,6 +70,8 @@ class AttemptWrite:
     error: str | None = None
     output: str | None = None
     usage: str | None = None  # JSON text
+    cache_key: str | None = None
+    cached_from: dict[str, Any] | None = None
 
 
 @dataclass
@@ -81,6 +86,9 @@ class NewRun:
     batch_id: str | None = None
     batch_index: int | None = None
     dry_run: bool = False
+    no_cache: bool = False
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    forked_from: str | None = None
 
 
 @dataclass
@@ -91,6 +99,8 @@ class RunWrite:
     error: str | None = None
     clear_request: bool = False  # the control command (pause, cancel) has been carried out
     release: bool = False  # the run is at rest: its lease ends with this change
+    input: dict[str, Any] | None = None  # a rerun changed the run's input
+    fingerprint: dict[str, str] | None = None  # the definition the run now follows
 
 
 @dataclass
@@ -151,6 +161,9 @@ class RunRow:
     fencing_token: int
     requested: str | None = None
     dry_run: bool = False
+    no_cache: bool = False
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    forked_from: str | None = None
     batch_id: str | None = None
     batch_index: int | None = None
     steps_done: int = 0
@@ -184,6 +197,7 @@ class RunRow:
             "owner": self.owner,
             "requested": self.requested,
             "dry_run": self.dry_run,
+            "forked_from": self.forked_from,
             "batch_id": self.batch_id,
             "last_seq": self.last_seq,
         }
@@ -200,12 +214,14 @@ class AttemptRow:
     error: str | None
     output: Any
     usage: dict[str, Any] | None = None
+    cached_from: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "state": self.state,
             "usage": self.usage,
+            "cached_from": self.cached_from,
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "duration_s": (self.finished_at - self.started_at).total_seconds() if self.finished_at else None,
@@ -227,6 +243,8 @@ class StepRow:
     finished_at: datetime | None
     error: str | None
     next_attempt_at: datetime | None
+    overrides: dict[str, Any] | None = None
+    feedback: str | None = None
     attempts: list[AttemptRow] = field(default_factory=list)
 
     @property
@@ -259,7 +277,8 @@ class RunSnapshot:
         return [s for s in self.steps if s.item == "" and s.compensates is None]
 
     def children(self, name: str) -> list[StepRow]:
-        kids = [s for s in self.steps if s.name == name and s.item != ""]
+        """The current fan-out children in item order (those a re-expansion dropped have no index)."""
+        kids = [s for s in self.steps if s.name == name and s.item != "" and s.item_index is not None and s.compensates is None]
         return sorted(kids, key=lambda s: s.item_index or 0)
 
     def compensations(self) -> list[StepRow]:

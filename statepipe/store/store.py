@@ -46,7 +46,7 @@ def channel(run_id: str) -> str:
 _RUN_COLUMNS = """
     r.id, r.workflow, r.workflow_ref, r.state, r.input, r.error, r.created_at, r.started_at,
     r.finished_at, r.updated_at, r.last_seq, r.owner, r.lease_expires_at, r.fencing_token,
-    r.requested, r.dry_run, r.batch_id, r.batch_index,
+    r.requested, r.dry_run, r.no_cache, r.fingerprint, r.forked_from, r.batch_id, r.batch_index,
     (SELECT count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped'))
        FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_done,
     (SELECT count(*) FROM statepipe.steps s
@@ -87,16 +87,19 @@ class Store:
             with conn.pipeline(), conn.transaction():
                 conn.execute(
                     "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at,"
-                    "  fencing_token, batch_id, batch_index, dry_run)"
+                    "  fencing_token, batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from)"
                     " SELECT u.id, u.workflow, u.ref, 'pending', u.input::jsonb, u.owner,"
-                    "  CASE WHEN u.owner IS NULL THEN NULL ELSE now() + %s END, 1, u.batch_id, u.batch_index, u.dry_run"
-                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::boolean[])"
-                    "  AS u(id, workflow, ref, input, owner, batch_id, batch_index, dry_run)",
+                    "  CASE WHEN u.owner IS NULL THEN NULL ELSE now() + %s END, 1, u.batch_id, u.batch_index, u.dry_run,"
+                    "  u.no_cache, u.fingerprint::jsonb, u.forked_from"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[],"
+                    "  %s::boolean[], %s::boolean[], %s::text[], %s::text[])"
+                    "  AS u(id, workflow, ref, input, owner, batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from)",
                     (
                         timedelta(seconds=ttl),
                         [r.id for r in runs], [r.workflow for r in runs], [r.workflow_ref for r in runs],
                         [r.input_json for r in runs], [r.owner for r in runs], [r.batch_id for r in runs],
-                        [r.batch_index for r in runs], [r.dry_run for r in runs],
+                        [r.batch_index for r in runs], [r.dry_run for r in runs], [r.no_cache for r in runs],
+                        [json.dumps(r.fingerprint) for r in runs], [r.forked_from for r in runs],
                     ),
                 )
                 self._insert_steps(conn, [(r.id, st) for r in runs for st in r.steps])
@@ -170,12 +173,12 @@ class Store:
         with self._tx() as conn:
             steps = conn.cursor(row_factory=dict_row).execute(
                 "SELECT name, item, item_index, fanout, compensates, state, depends_on, attempt, started_at,"
-                " finished_at, error, next_attempt_at FROM statepipe.steps WHERE run_id = %s"
+                " finished_at, error, next_attempt_at, overrides, feedback FROM statepipe.steps WHERE run_id = %s"
                 " ORDER BY compensates IS NOT NULL, position, item_index NULLS FIRST",
                 (run_id,),
             ).fetchall()
             attempts = conn.cursor(row_factory=dict_row).execute(
-                "SELECT step, item, number, state, started_at, finished_at, error, output, usage"
+                "SELECT step, item, number, state, started_at, finished_at, error, output, usage, cached_from"
                 " FROM statepipe.attempts WHERE run_id = %s ORDER BY step, item, number",
                 (run_id,),
             ).fetchall()
@@ -194,7 +197,8 @@ class Store:
                 "  FROM statepipe.steps s"
                 "  LEFT JOIN statepipe.attempts a ON a.run_id = s.run_id AND a.step = s.name"
                 "   AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
-                " WHERE s.run_id = ANY(%s) AND s.compensates IS NULL AND NOT EXISTS ("
+                " WHERE s.run_id = ANY(%s) AND s.compensates IS NULL AND (s.item = '' OR s.item_index IS NOT NULL)"
+                " AND NOT EXISTS ("
                 "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on))"
                 " ORDER BY s.run_id, s.name, s.item_index NULLS FIRST",
                 (list(run_ids),),
@@ -208,9 +212,70 @@ class Store:
                 outputs[name].append(output)
         return {r: (next(iter(o.values())) if len(o) == 1 else o) for r, o in per_run.items()}
 
+    def cache_lookup(self, key: str, max_age: float | None) -> tuple[dict[str, Any], str] | None:
+        """The newest succeeded attempt of any run with this cache key: (its address, output JSON)."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT run_id, step, item, number, output::text FROM statepipe.attempts"
+                " WHERE cache_key = %s AND state = 'succeeded'"
+                "   AND (%s::interval IS NULL OR finished_at > now() - %s::interval)"
+                " ORDER BY finished_at DESC LIMIT 1",
+                (key, timedelta(seconds=max_age) if max_age else None, timedelta(seconds=max_age) if max_age else None),
+            ).fetchone()
+        if row is None:
+            return None
+        return {"run_id": row[0], "step": row[1], "item": row[2] or None, "number": row[3]}, row[4]
+
+    def fork_run(self, source: str, run: NewRun, keep: Sequence[str], ttl: float = 0.0) -> Event:
+        """A new run whose steps named in `keep` (and their fan-out children) start from copies of
+        the source's rows and attempts; the rest start pending."""
+        with self._tx() as conn:
+            with conn.pipeline(), conn.transaction():
+                conn.execute(
+                    "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at,"
+                    "  fencing_token, dry_run, no_cache, fingerprint, forked_from)"
+                    " SELECT %s, workflow, %s, 'pending', %s::jsonb, %s::text,"
+                    "  CASE WHEN %s::text IS NULL THEN NULL ELSE now() + %s END, 1, dry_run, no_cache, %s::jsonb, id"
+                    " FROM statepipe.runs WHERE id = %s",
+                    (run.id, run.workflow_ref, run.input_json, run.owner, run.owner, timedelta(seconds=ttl),
+                     json.dumps(run.fingerprint), source),
+                )
+                conn.execute(
+                    "INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state,"
+                    "  depends_on, attempt, started_at, finished_at, error, next_attempt_at, overrides, feedback)"
+                    " SELECT %s, name, item, position, item_index, fanout, NULL,"
+                    "  CASE WHEN name = ANY(%s::text[]) THEN state ELSE 'pending' END, depends_on,"
+                    "  CASE WHEN name = ANY(%s::text[]) THEN attempt ELSE 0 END,"
+                    "  CASE WHEN name = ANY(%s::text[]) THEN started_at END, CASE WHEN name = ANY(%s::text[]) THEN finished_at END,"
+                    "  NULL, NULL, overrides, NULL"
+                    " FROM statepipe.steps WHERE run_id = %s AND compensates IS NULL"
+                    "  AND (item = '' OR name = ANY(%s::text[]))",
+                    (run.id, list(keep), list(keep), list(keep), list(keep), source, list(keep)),
+                )
+                conn.execute(
+                    "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at, error,"
+                    "  output, usage, cache_key, cached_from)"
+                    " SELECT %s, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage,"
+                    "  a.cache_key, jsonb_build_object('run_id', a.run_id, 'step', a.step, 'item', nullif(a.item, ''), 'number', a.number)"
+                    " FROM statepipe.attempts a JOIN statepipe.steps s"
+                    "   ON s.run_id = a.run_id AND s.name = a.step AND s.item = a.item AND s.attempt = a.number"
+                    " WHERE a.run_id = %s AND a.step = ANY(%s::text[]) AND a.state = 'succeeded'",
+                    (run.id, source, list(keep)),
+                )
+                cur = self._append(conn, run.id, 1, [run.event])
+            seq = _fetch_last(cur)
+        return _event(run.id, seq, run.event)
+
+    def forks_of(self, run_id: str) -> list[str]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id FROM statepipe.runs WHERE forked_from = %s ORDER BY created_at", (run_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     # -- ownership --------------------------------------------------------------------------
 
-    def claim(self, run_id: str, owner: str, ttl: float, owner_is_dead: Callable[[str], bool]) -> int:
+    def claim(self, run_id: str, owner: str, ttl: float, owner_is_dead: Callable[[str], bool], finished_ok: bool = False) -> int:
         """Become the run's owner and return the new fencing token. A live lease is refused
         unless its holder is known dead, judged under the row lock so two claimants that both
         saw a dead owner cannot both win; finished runs are refused."""
@@ -222,7 +287,7 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no run {run_id}")
             state, current, live = row
-            if state in ("succeeded", "cancelled"):
+            if state in ("succeeded", "cancelled") and not finished_ok:
                 raise ConflictError(f"run {run_id} already {state}; nothing to resume")
             if current and live and current != owner and not owner_is_dead(current):
                 raise ConflictError(f"run {run_id} is being executed by {current}; try again when it stops")
@@ -372,9 +437,12 @@ class Store:
                     "UPDATE statepipe.runs SET state = %s, started_at = COALESCE(%s, started_at),"
                     " finished_at = %s, error = %s, requested = CASE WHEN %s THEN NULL ELSE requested END,"
                     " owner = CASE WHEN %s THEN NULL ELSE owner END,"
-                    " lease_expires_at = CASE WHEN %s THEN NULL ELSE lease_expires_at END WHERE id = %s",
+                    " lease_expires_at = CASE WHEN %s THEN NULL ELSE lease_expires_at END,"
+                    " input = COALESCE(%s::jsonb, input), fingerprint = COALESCE(%s::jsonb, fingerprint) WHERE id = %s",
                     (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run.clear_request,
-                     ch.run.release, ch.run.release, ch.run_id),
+                     ch.run.release, ch.run.release,
+                     json.dumps(ch.run.input) if ch.run.input is not None else None,
+                     json.dumps(ch.run.fingerprint) if ch.run.fingerprint is not None else None, ch.run_id),
                 )
         self._insert_steps(conn, [(ch.run_id, s) for ch in changes for s in ch.new_steps])
         # a step written twice in one batch: its last write is its state
@@ -383,26 +451,32 @@ class Store:
             keys, rows = list(latest), list(latest.values())
             conn.execute(
                 "UPDATE statepipe.steps s SET state = u.state, attempt = u.attempt, started_at = u.started_at,"
-                " finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at"
+                " finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at,"
+                " overrides = u.overrides::jsonb, feedback = u.feedback, item_index = u.item_index"
                 " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::timestamptz[],"
-                "  %s::timestamptz[], %s::text[], %s::timestamptz[])"
-                "  AS u(run_id, name, item, state, attempt, started_at, finished_at, error, next_attempt_at)"
+                "  %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::integer[])"
+                "  AS u(run_id, name, item, state, attempt, started_at, finished_at, error, next_attempt_at, overrides,"
+                "   feedback, item_index)"
                 " WHERE s.run_id = u.run_id AND s.name = u.name AND s.item = u.item",
                 (
                     [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
                     [r.state for r in rows], [r.attempt for r in rows], [r.started_at for r in rows],
                     [r.finished_at for r in rows], [r.error for r in rows], [r.next_attempt_at for r in rows],
+                    [json.dumps(r.overrides) if r.overrides else None for r in rows], [r.feedback for r in rows],
+                    [r.item_index for r in rows],
                 ),
             )
         attempts = [
-            (ch.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage)
+            (ch.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage,
+             a.cache_key, json.dumps(a.cached_from) if a.cached_from else None)
             for ch in changes
             for a in ch.attempts
         ]
         if attempts:  # row by row (pipelined): outputs can be megabytes, which arrays would escape
             conn.cursor().executemany(
                 "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at,"
-                " error, output, usage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)",
+                " error, output, usage, cache_key, cached_from)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb)",
                 attempts,
             )
 

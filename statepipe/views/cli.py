@@ -149,8 +149,21 @@ def _drain_on_signals(runtime: Any, grace: float, what: str, say: Any = None) ->
         loop.add_signal_handler(sig, on_signal)
 
 
-def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: dict[str, Any] | None, grace: float, dry_run: bool = False) -> int:
-    """Shared by run and resume: views on, execute with signal handling, result written."""
+def _execute(
+    store: Any,
+    run_id: str | None,
+    workflow: str | None,
+    run_input: dict[str, Any] | None,
+    grace: float,
+    *,
+    dry_run: bool = False,
+    no_cache: bool = False,
+    rerun: Any = None,
+    strict: bool = False,
+    runtime: Any = None,
+) -> int:
+    """Shared by run, resume, rerun, feedback and fork: views on, execute with signal handling,
+    result written."""
     import asyncio
 
     from statepipe.definition.loader import load
@@ -159,7 +172,7 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
     from statepipe.views.live import LiveView
 
     out_dir = config.output_dir(OPTS.output_dir)
-    runtime = Runtime(store)
+    runtime = runtime or Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     runtime.finished.append(ResultWriter(store, out_dir))
@@ -169,7 +182,7 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
         runtime.listen(StdoutEvents().write)
     if run_id is None:
         assert loaded is not None and run_input is not None
-        run_id = runtime.create_run(loaded, run_input, dry_run=dry_run)
+        run_id = runtime.create_run(loaded, run_input, dry_run=dry_run, no_cache=no_cache)
     err.print(f"run [bold]{run_id}[/bold]" if interactive else f"run {run_id}", highlight=False)
 
     live = None
@@ -180,7 +193,7 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
 
     async def main() -> str:
         _drain_on_signals(runtime, grace, "the run", say=(lambda msg: setattr(live, "notice", msg)) if live else None)
-        return (await runtime.execute(run_id, loaded)).state
+        return (await runtime.execute(run_id, loaded, rerun=rerun, strict=strict)).state
 
     try:
         if live is not None:
@@ -192,8 +205,20 @@ def _execute(store: Any, run_id: str | None, workflow: str | None, run_input: di
     finally:
         files.close()
     _report(store.get_run(run_id), state)
+    if state == "succeeded" and rerun is not None:
+        _report_reuse(store.snapshot(run_id), rerun)
     runtime.close()
     return OUTCOME_EXIT.get(state, 0)
+
+
+def _report_reuse(snap: Any, rerun: Any) -> None:
+    """What the rerun saved: steps reused and the time they originally took."""
+    from statepipe.views.style import format_duration
+
+    redone = set(rerun.affected_steps)
+    reused = [s for s in snap.parents() if s.name not in redone]
+    saved = sum((s.finished_at - s.started_at).total_seconds() for s in reused if s.started_at and s.finished_at)
+    err.print(f"reused {len(reused)} step(s) that originally took {format_duration(saved)}; re-ran {len(redone)}: {', '.join(sorted(redone))}")
 
 
 def _report(run: Any, state: str) -> None:
@@ -219,6 +244,7 @@ def run(
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Only enqueue: a `statepipe worker` executes it. Prints the run id.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="LLM calls answered by a simulated model: no key, no cost.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute every step, even cacheable ones with a cached output.")] = False,
 ) -> None:
     """Run a workflow: live step tree on a terminal, JSONL events when piped."""
     from statepipe.definition.loader import load
@@ -233,10 +259,10 @@ def run(
         from statepipe.engine.runtime import Runtime
 
         runtime = Runtime(store)
-        typer.echo(runtime.create_run(loaded, run_input, detach=True, dry_run=dry_run))
+        typer.echo(runtime.create_run(loaded, run_input, detach=True, dry_run=dry_run, no_cache=no_cache))
         runtime.close()
         return
-    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run))
+    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run, no_cache=no_cache))
 
 
 def _check_keys(wf: Any) -> None:
@@ -255,6 +281,7 @@ def resume(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Hand it to a `statepipe worker` instead of running it here.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse if a step's code changed (default: run changed steps again).")] = False,
 ) -> None:
     """Continue a run after a crash, Ctrl-C, pause or failure; completed steps are not run again."""
     from statepipe.errors import ConflictError
@@ -275,7 +302,7 @@ def resume(
         runtime.close()
         err.print(f"run {full}: {changed.note}")
         return
-    raise typer.Exit(_execute(store, full, None, None, grace))
+    raise typer.Exit(_execute(store, full, None, None, grace, strict=strict))
 
 
 @app.command()
@@ -394,6 +421,161 @@ def graph(
     sys.stdout.write((graph_mermaid(wf) if mermaid else graph_text(wf)) + "\n")
 
 
+def _take_over(store: Any, runtime: Any, run_id: str) -> None:
+    """A rerun needs the run at rest: a live owner is asked to pause at once (its running steps
+    stop and, when not affected, run again after the rerun)."""
+    import asyncio
+
+    from statepipe.engine.control import _live_owner, control
+
+    run = store.get_run(run_id)
+    if _live_owner(run):
+        err.print(f"run {run_id} is executing on {run.owner}: pausing it first")
+        asyncio.run(control(runtime, run_id, "pause_now", 30.0))
+        if _live_owner(store.get_run(run_id)):
+            from statepipe.errors import ConflictError
+
+            raise ConflictError(f"run {run_id} did not pause within 30s; try again")
+
+
+def _show_plan(wf: Any, snap: Any, plan: Any) -> None:
+    from statepipe.views.style import format_duration
+
+    affected = plan.affected(wf, snap.run.input)
+    kept = [s for s in snap.parents() if s.name not in affected]
+    took = sum((s.finished_at - s.started_at).total_seconds() for s in kept if s.started_at and s.finished_at and s.state == "succeeded")
+    calls = 0
+    for name in affected:
+        step = wf[name]
+        if step.model:
+            calls += max(1, len(snap.children(name))) if step.map_over else 1
+    err.print(f"re-run: {', '.join(affected)}" + (f" (items {plan.items})" if plan.items else ""))
+    err.print(f"keep:   {', '.join(s.name for s in kept) or '(nothing)'} — {format_duration(took)} of work reused")
+    if calls:
+        err.print(f"about {calls} LLM call(s)")
+
+
+@app.command()
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    from_steps: Annotated[list[str], typer.Option("--from", help="Run this step and everything downstream again. Repeatable.")] = [],
+    items: Annotated[list[str], typer.Option("--item", help="With one fan-out --from step: only this item (and what follows). Repeatable.")] = [],
+    sets: Annotated[list[str], typer.Option("--set", help="key=value changes the run input; step.param=value one step's input. Repeatable.")] = [],
+    input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="A new run input (JSON object; - reads stdin).")] = None,
+    feedback: Annotated[Optional[str], typer.Option("--feedback", help="Guidance for the re-run steps (ctx.feedback).")] = None,
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the rerun event.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse if a step's code changed.")] = False,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+) -> None:
+    """Run steps again, with everything downstream; every other step keeps its output."""
+    from statepipe.definition.loader import load_ref
+    from statepipe.engine.rerun import RerunPlan, parse_sets
+    from statepipe.engine.runtime import Runtime
+
+    if items and len(from_steps) != 1:
+        raise InputError("--item needs exactly one --from (the fan-out step)")
+    run_sets, step_sets = parse_sets(sets)
+    store = _store()
+    full = store.resolve_run_id(run_id)
+    snap = store.snapshot(full)
+    wf = load_ref(snap.run.workflow_ref).workflow
+    new_input = parse_inputs([], input_file) if input_file is not None else None
+    if run_sets:
+        new_input = {**(new_input if new_input is not None else snap.run.input), **run_sets}
+    plan = RerunPlan(
+        steps=[] if items else list(from_steps),
+        items={from_steps[0]: list(items)} if items else {},
+        reason=reason or "rerun " + " ".join(f"--from {s}" for s in from_steps) + "".join(f" --item {i}" for i in items),
+        input=new_input,
+        overrides=step_sets,
+        feedback={s: feedback for s in from_steps} if feedback else {},
+    )
+    if not (plan.steps or plan.items or plan.overrides or plan.input is not None):
+        raise InputError("say what to run again: --from STEP, --set, or --input-file")
+    plan.check(wf, snap)
+    _show_plan(wf, snap, plan)
+    runtime = Runtime(store)
+    _take_over(store, runtime, full)
+    raise typer.Exit(_execute(store, full, None, None, grace, rerun=plan, strict=strict, runtime=runtime))
+
+
+@app.command()
+def fork(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    from_steps: Annotated[list[str], typer.Option("--from", help="Run this step and what follows anew. Repeatable.")] = [],
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the new run to a `statepipe worker`.")] = False,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+) -> None:
+    """A new run sharing this one's outputs upstream of --from; the original stays untouched."""
+    from statepipe.engine.runtime import Runtime
+
+    store = _store()
+    full = store.resolve_run_id(run_id)
+    runtime = Runtime(store)
+    new_id = runtime.fork(full, from_steps=from_steps)
+    err.print(f"forked {full} -> {new_id}")
+    if detach:
+        store.release(new_id, 1)
+        typer.echo(new_id)
+        runtime.close()
+        return
+    raise typer.Exit(_execute(store, new_id, None, None, grace, runtime=runtime))
+
+
+@app.command()
+def feedback(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    text: Annotated[str, typer.Argument(help="What is wrong, in your words.")],
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated steps to re-run: skips the classifier.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Classifier model (default: STATEPIPE_FEEDBACK_MODEL, the workflow's first, else gpt-4o-mini).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Simulated classifier and models: no key, deterministic.")] = False,
+    yes: Yes = False,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+) -> None:
+    """Route feedback to the steps it concerns (a model decides, or --steps), show the plan, and
+    re-run them with the feedback in ctx.feedback."""
+    import os
+
+    from statepipe.definition.loader import load_ref
+    from statepipe.engine.context import StepContext
+    from statepipe.engine.rerun import RerunPlan
+    from statepipe.engine.runtime import Runtime
+    from statepipe.errors import ConfigError
+    from statepipe.llm.feedback import Routing, StepChoice, classify
+    from statepipe.llm.models import missing_keys
+
+    store = _store()
+    full = store.resolve_run_id(run_id)
+    snap = store.snapshot(full)
+    wf = load_ref(snap.run.workflow_ref).workflow
+    dry = dry_run or snap.run.dry_run
+    if steps:
+        routing = Routing(steps=[StepChoice(name=s.strip(), guidance=text) for s in steps.split(",") if s.strip()], reason="--steps")
+        classifier: dict[str, Any] = {"classifier": "--steps"}
+    else:
+        chosen = model or os.environ.get("STATEPIPE_FEEDBACK_MODEL") or (wf.models[0] if wf.models else "gpt-4o-mini")
+        if not dry and missing_keys([chosen]):
+            raise ConfigError(f"the feedback classifier {chosen} needs {missing_keys([chosen])[0][1]}; set it, use --steps, or --dry-run")
+        ctx = StepContext(full, "feedback", None, 1, snap.run.input, lambda _e: None, dry_run=dry)
+        routing = classify(ctx, wf, snap, text, chosen)
+        classifier = {"classifier": "simulated" if dry else chosen, "classifier_reason": routing.reason, "classifier_usage": ctx.usage}
+    plan = RerunPlan(
+        steps=[c.name for c in routing.steps],
+        reason=f"feedback: {text}",
+        feedback={c.name: c.guidance for c in routing.steps},
+        note={"feedback_text": text, **classifier},
+    )
+    plan.check(wf, snap)
+    err.print(f"feedback routed to {', '.join(plan.steps)}" + (f" ({routing.reason})" if routing.reason else ""))
+    _show_plan(wf, snap, plan)
+    if not _confirm([snap.run], "apply this plan to", yes, by_filter=True):
+        err.print("nothing changed")
+        raise typer.Exit(0)
+    runtime = Runtime(store)
+    _take_over(store, runtime, full)
+    raise typer.Exit(_execute(store, full, None, None, grace, rerun=plan, runtime=runtime))
+
+
 def _select_runs(store: Any, run_ids: list[str], workflow: str | None, status: list[str], since: str | None, default_states: tuple[str, ...]) -> list[Any]:
     """Runs named by id, or chosen by filter among those in `default_states`."""
     if run_ids:
@@ -498,7 +680,7 @@ def worker(
 
     store = _store(max_size=max(4, concurrency + 2))
     out_dir = config.output_dir(OPTS.output_dir)
-    runtime = Runtime(store)
+    runtime = runtime or Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     runtime.finished.append(ResultWriter(store, out_dir))
