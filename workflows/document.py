@@ -8,6 +8,7 @@ resume and rerun (a re-executed step must reproduce what it stored before).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,12 @@ wf = Workflow(
     description="Split a text document on '## ' headings, analyse the sections in parallel, summarise",
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Workflow files are loaded by path, not as a package: load the shared helper the same way.
+_spec = importlib.util.spec_from_file_location("statepipe_examples_files", Path(__file__).with_name("_files.py"))
+assert _spec is not None and _spec.loader is not None
+files = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(files)
+
 TOP_KEYWORDS_PER_SECTION = 5
 TOP_KEYWORDS_OVERALL = 10
 
@@ -59,18 +65,6 @@ _TOKEN = re.compile(r"[a-z]+(?:['’-][a-z]+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def _locate(path: str) -> Path:
-    """A relative path is tried against the current directory, then the repository root, so the
-    default works both from a checkout and from wherever `statepipe run` is started."""
-    given = Path(path).expanduser()
-    candidates = [given] if given.is_absolute() else [Path.cwd() / given, REPO_ROOT / given]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"document {path!r} not found (looked for {looked})")
-
-
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
@@ -102,7 +96,7 @@ def _sentiment(positive: int, negative: int) -> float:
 @wf.step
 def extract(ctx: StepContext, path: str = "examples/report.txt") -> dict[str, Any]:
     """Read the document; its first '# ' line, if any, is the title."""
-    file = _locate(path)
+    file = files.locate(path, what="document")
     text = file.read_text(encoding="utf-8")
     title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), file.stem)
     ctx.progress(f"read {file.name}: {len(text.split()):,} words")

@@ -55,7 +55,7 @@ _clients: dict[tuple[str | None, str | None, float], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(cfg: ModelConfig) -> Any:
+def client(cfg: ModelConfig) -> Any:
     import openai
 
     key = (cfg.url(), cfg.key(), cfg.timeout)
@@ -88,7 +88,7 @@ def openai_stream(cfg: ModelConfig, messages: list[dict[str, Any]], params: dict
     import openai
 
     try:
-        stream = _client(cfg).chat.completions.create(
+        stream = client(cfg).chat.completions.create(
             model=cfg.name, messages=messages, stream=True, stream_options={"include_usage": True}, **{**cfg.extra, **params}
         )
         text: list[str] = []

@@ -14,7 +14,7 @@ import tenacity
 
 from statepipe.engine.context import StepContext
 from statepipe.errors import NonRetryable
-from statepipe.llm.backends import SIMULATED, Refused, Reply, Shape, Transient, openai_stream, simulated_stream
+from statepipe.llm.backends import SIMULATED, Refused, Reply, Shape, Transient, client, openai_stream, simulated_stream
 from statepipe.llm.limits import admitted
 from statepipe.llm.models import ModelConfig, model_config
 
@@ -94,7 +94,9 @@ def _one(
     fallback_from: str | None,
 ) -> Reply:
     estimate = sum(len(str(m.get("content") or "")) for m in messages) // 4 + int(params.get("max_tokens") or 512)
-    with admitted(cfg, estimate) as waited:
+    if not ctx.dry_run:
+        client(cfg)  # import and connect-pool set-up are not the model's time to first token
+    with admitted(cfg, estimate, on_wait=ctx.progress) as waited:
         began = time.monotonic()
         first: float | None = None
         source: Iterator[str | Reply] = (

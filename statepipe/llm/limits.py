@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from statepipe.llm.models import ModelConfig
@@ -42,6 +42,7 @@ class _Bucket:
 
 class _ModelLimits:
     def __init__(self, cfg: ModelConfig, share: int) -> None:
+        self.cfg = cfg
         self.slots = threading.BoundedSemaphore(max(1, cfg.max_concurrency // share))
         self.requests = _Bucket(cfg.rpm / share) if cfg.rpm else None
         self.tokens = _Bucket(cfg.tpm / share) if cfg.tpm else None
@@ -60,19 +61,25 @@ def _share() -> int:
 
 def _limits(cfg: ModelConfig) -> _ModelLimits:
     with _LOCK:
-        if cfg.name not in _LIMITS:
+        current = _LIMITS.get(cfg.name)
+        if current is None or current.cfg != cfg:  # configure() after a first call takes effect
             _LIMITS[cfg.name] = _ModelLimits(cfg, _share())
         return _LIMITS[cfg.name]
 
 
 @contextmanager
-def admitted(cfg: ModelConfig, estimated_tokens: int) -> Iterator[float]:
-    """Hold one of the model's call slots for the duration of a call; yields seconds spent
-    waiting for the rate limits."""
+def admitted(cfg: ModelConfig, estimated_tokens: int, on_wait: Callable[[str], None] | None = None) -> Iterator[float]:
+    """Hold one of the model's call slots for the duration of a call; yields the seconds spent
+    waiting for a slot and for the rate limits (`on_wait` hears about a wait as it starts)."""
     lim = _limits(cfg)
-    lim.slots.acquire()
+    began = time.monotonic()
+    if not lim.slots.acquire(blocking=False):
+        if on_wait is not None:
+            on_wait(f"waiting for one of {cfg.name}'s {cfg.max_concurrency} call slots")
+        lim.slots.acquire()
     try:
-        waited = lim.requests.take(1) if lim.requests else 0.0
+        waited = time.monotonic() - began
+        waited += lim.requests.take(1) if lim.requests else 0.0
         if lim.tokens:
             waited += lim.tokens.take(estimated_tokens)
         yield waited

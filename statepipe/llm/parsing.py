@@ -435,6 +435,7 @@ class JSONStreamParser:
     def _fail(self, position: int, message: str) -> None:
         """Records why the input is invalid; `position` counts characters from the first fed."""
         self._error = f"invalid JSON at character {position}: {message}"
+        self._capture = None  # nothing more is read, so stop collecting text
 
 
 def _open(opener: str, path: ItemPath) -> _Frame:
@@ -444,7 +445,7 @@ def _open(opener: str, path: ItemPath) -> _Frame:
 
 
 def _item_path(frame: _Frame) -> ItemPath:
-    """The path of the item `frame` is reading (or has just read)."""
+    """The path of the item `frame` reads next; in an object, that of the key read last."""
     if isinstance(frame.value, list):
         return (*frame.path, len(frame.value))
     return (*frame.path, frame.key)

@@ -53,7 +53,7 @@ _RUN_COLUMNS = """
       WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_total,
     (SELECT sum((a.usage->>'cost_usd')::float8) FROM statepipe.attempts a
       WHERE a.run_id = r.id AND a.usage IS NOT NULL) AS cost_usd,
-    (SELECT sum((a.usage->>'total_tokens')::bigint) FROM statepipe.attempts a
+    (SELECT sum((a.usage->>'total_tokens')::bigint)::bigint FROM statepipe.attempts a
       WHERE a.run_id = r.id AND a.usage IS NOT NULL) AS tokens
 """
 
