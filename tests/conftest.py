@@ -1,0 +1,257 @@
+"""Fixtures: a real PostgreSQL (the embedded one, or STATEPIPE_DATABASE_URL), a fresh database
+per test cloned from a migrated template, and a helper that runs the real `statepipe` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from statepipe.store.database import open_store
+from statepipe.store.store import Store, ensure_schema
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_WORKFLOWS = Path(__file__).resolve().parent / "workflows"
+TEMPLATE = "statepipe_test_template"
+
+
+def _with_db(url: str, dbname: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The admin URL of the server every test database lives on."""
+    external = os.environ.get("STATEPIPE_DATABASE_URL")
+    if external:
+        yield external
+        return
+    from statepipe.store import embedded
+
+    # not under pytest's basetemp: a concurrent pytest session may prune that while we run
+    home = Path(tempfile.mkdtemp(prefix="statepipe-test-"))
+    os.environ["STATEPIPE_HOME"] = str(home)
+    info = embedded.ensure_running()
+    try:
+        yield info.url
+    finally:
+        embedded.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    url = _with_db(server_url, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_schema(conn)
+    return url
+
+
+@pytest.fixture
+def db_url(server_url: str, template_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, migrated database for this test; CLI subprocesses get it through the env."""
+    name = f"sp_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    url = _with_db(server_url, name)
+    monkeypatch.setenv("STATEPIPE_DATABASE_URL", url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = open_store(db_url, max_size=8)
+    yield s
+    s.pool.close()
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    out = tmp_path / "output"
+    monkeypatch.setenv("STATEPIPE_OUTPUT_DIR", str(out))
+    return out
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("COLUMNS", None)
+    env.update(extra)
+    return env
+
+
+class CLI:
+    """Runs the real command in a subprocess, from the repository root."""
+
+    def __init__(self, db_url: str, output_dir: Path) -> None:
+        self.db_url = db_url
+        self.output_dir = output_dir
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "statepipe", *args]
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), cwd=REPO, env=cli_env(**env), input=input, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def popen(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args), cwd=REPO, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def json(self, *args: str) -> Any:
+        done = self(*args)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture
+def cli(db_url: str, output_dir: Path) -> CLI:
+    return CLI(db_url, output_dir)
+
+
+def workflow_path(name: str) -> str:
+    return str(TEST_WORKFLOWS / f"{name}.py")
+
+
+# -- helpers added for the issue-2 suite ------------------------------------------------------
+
+
+class EventReader:
+    """Reads a subprocess's stdout (one JSON event per line) on a thread, so a test can wait for
+    a given event with a deadline instead of blocking on readline forever."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import queue
+        import threading
+
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.other: list[str] = []  # lines that are not JSON (there should be none)
+        self._q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._eof = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._q.put(line)
+        self._q.put(None)
+
+    def _next(self, deadline: float) -> dict[str, Any] | None:
+        """The next event, None at end of output; AssertionError when the deadline passes."""
+        import queue
+        import time
+
+        while True:
+            if self._eof:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for events; got {len(self.events)} so far")
+            try:
+                line = self._q.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self._eof = True
+                return None
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                self.other.append(line)
+                continue
+            self.events.append(event)
+            return event
+
+    def until(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """Read events until one matches `predicate`; return it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        for event in self.events:
+            if predicate(event):
+                return event
+        while True:
+            event = self._next(deadline)
+            if event is None:
+                raise AssertionError(f"output ended before the awaited event; last events: {self.events[-3:]}")
+            if predicate(event):
+                return event
+
+    def rest(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Read to the end of the output; return every event read so far."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self._next(deadline) is not None:
+            pass
+        return self.events
+
+    @property
+    def run_id(self) -> str:
+        return str(self.until(lambda e: True)["run_id"])
+
+
+def is_event(type_: str, step: str | None = None, child: bool | None = None) -> Any:
+    """Predicate for EventReader.until: an event of this type (and step; child=True: a fan-out
+    child, child=False: not one)."""
+
+    def match(e: dict[str, Any]) -> bool:
+        if e["type"] != type_ or (step is not None and e["step"] != step):
+            return False
+        return child is None or (e["item"] is not None) == child
+
+    return match
+
+
+@pytest.fixture
+def spawn(cli: CLI) -> Iterator[Any]:
+    """Start `statepipe ...` in the background; every process still alive at the end of the test
+    is killed and reaped, so a failing test leaves nothing running."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **env: str) -> subprocess.Popen[str]:
+        proc = cli.popen(*args, **env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def error_message(done: subprocess.CompletedProcess[str] | str) -> str:
+    """The one user-facing error of a finished command (or of its stderr text): a single
+    `statepipe: error: ...` message and no traceback. Returned with whitespace normalised (see the
+    single-line test in test_cli.py for how it is laid out)."""
+    stderr = done if isinstance(done, str) else done.stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.count("statepipe: error:") == 1, stderr
+    text = " ".join(stderr.split())
+    return text[text.index("statepipe: error:") + len("statepipe: error:"):].strip()

@@ -1,0 +1,189 @@
+"""`statepipe logs`: a run's events as JSONL, resumable by sequence number, and live with --follow.
+
+Every event has a per-run `seq`. A consumer that stops after seq N and comes back with
+`--after N` gets exactly the events it has not seen; `--follow` tails events written by another
+process and exits when the run ends, with 0 for a succeeded and 1 for a failed run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import signal
+from typing import Any
+
+from conftest import EventReader, is_event, workflow_path
+from statepipe.definition.loader import load
+from statepipe.engine.runtime import Runtime
+
+EVENT_KEYS = {"seq", "run_id", "ts", "type", "step", "item", "attempt", "data"}
+
+
+def _jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _stored(store: Any, run_id: str) -> list[tuple[Any, ...]]:
+    return [(e.seq, e.type, e.step, e.item, e.attempt, e.data) for e in store.events_after(run_id, 0, 100_000)]
+
+
+def _comparable(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["seq"], e["type"], e["step"], e["item"], e["attempt"], e["data"]) for e in events]
+
+
+def _finished_run(cli: Any, workflow: str = "crashy", *inputs: str) -> str:
+    done = cli("run", workflow_path(workflow), *inputs)
+    return json.loads(done.stdout.splitlines()[0])["run_id"]
+
+
+def _pending_run(store: Any, workflow: str, **run_input: Any) -> str:
+    """A run that exists in the store but that no process executes yet (`resume` starts it).
+    Created unowned (`detach`) where the runtime distinguishes owned from unowned new runs."""
+    runtime = Runtime(store)
+    options = {"detach": True} if "detach" in inspect.signature(runtime.create_run).parameters else {}
+    try:
+        return runtime.create_run(load(workflow_path(workflow)), run_input, **options)
+    finally:
+        runtime.writer.close()
+
+
+# -- reading a run's events ------------------------------------------------------------------
+
+
+def test_logs_prints_every_event_as_jsonl_in_seq_order(cli, store):
+    run_id = _finished_run(cli, "crashy", "-i", "pause=0", "-i", "items=3")
+    done = cli("logs", run_id)
+    assert done.returncode == 0, done.stderr
+    events = _jsonl(done.stdout)
+    assert all(set(e) == EVENT_KEYS for e in events)
+    assert all(e["run_id"] == run_id for e in events)
+    last_seq = store.get_run(run_id).last_seq
+    assert [e["seq"] for e in events] == list(range(1, last_seq + 1))
+    assert events[0]["type"] == "run_created" and events[-1]["type"] == "run_succeeded"
+    assert _comparable(events) == _stored(store, run_id)
+
+
+def test_streamed_chunks_carry_their_step_and_attempt(cli):
+    run_id = _finished_run(cli, "crashy", "-i", "pause=0", "-i", "items=3")
+    events = _jsonl(cli("logs", run_id).stdout)
+    streamed: dict[tuple[str, str | None, int], str] = {}
+    for e in events:
+        if e["type"] == "output":
+            key = (e["step"], e["item"], e["attempt"])
+            streamed[key] = streamed.get(key, "") + e["data"]["text"]
+    # each step's chunks (however the engine batches them) spell out exactly what it emitted
+    labels = {("seed", None): "seed", ("left", None): "left", ("right", None): "right",
+              ("join", None): "join", ("final", None): "final",
+              ("fan", "0"): "fan 0", ("fan", "1"): "fan 1", ("fan", "2"): "fan 2"}
+    assert streamed == {
+        (step, item, 1): "".join(f"{label} part {i}\n" for i in range(4)) for (step, item), label in labels.items()
+    }
+
+
+def test_reader_restarting_after_seq_n_gets_exactly_the_rest(cli, store):
+    run_id = _finished_run(cli, "crashy", "-i", "pause=0", "-i", "items=3")
+    full = _jsonl(cli("logs", run_id).stdout)
+    last = full[-1]["seq"]
+    for n in (0, 1, last // 2, last - 1, last):
+        seen = [e for e in full if e["seq"] <= n]  # a reader that stopped at seq n
+        rest = _jsonl(cli("logs", run_id, "--after", str(n)).stdout)
+        assert [e["seq"] for e in rest] == list(range(n + 1, last + 1)), n
+        assert seen + rest == full, n
+
+
+def test_logs_after_the_last_seq_prints_nothing(cli):
+    run_id = _finished_run(cli, "crashy", "-i", "pause=0", "-i", "items=2")
+    done = cli("logs", run_id, "--after", "10000")
+    assert done.returncode == 0 and done.stdout == ""
+
+
+# -- following a run live ----------------------------------------------------------------------
+
+
+def test_follow_started_before_the_run_executes_prints_events_live(spawn, store):
+    run_id = _pending_run(store, "crashy", pause=0.3, items=4)
+    follower = spawn("logs", run_id, "--follow")
+    follow = EventReader(follower)
+    assert follow.until(lambda e: True, timeout=30)["type"] == "run_created"
+
+    runner = spawn("resume", run_id)
+    follow.until(is_event("step_started", "seed"), timeout=30)
+    # the follower printed it while the run was still executing: live, not after the fact
+    assert runner.poll() is None
+
+    events = follow.rest(timeout=60)
+    assert follower.wait(timeout=10) == 0
+    assert runner.wait(timeout=60) == 0
+    assert events[-1]["type"] == "run_succeeded"
+    assert _comparable(events) == _stored(store, run_id)
+
+
+def test_follow_started_while_the_run_executes_gets_backlog_then_live_tail(spawn, store):
+    runner = spawn("run", workflow_path("crashy"), "-i", "pause=0.3", "-i", "items=4")
+    run = EventReader(runner)
+    run_id = run.run_id
+    run.until(is_event("step_succeeded", "seed"), timeout=60)
+
+    follower = spawn("logs", run_id, "--follow")
+    follow = EventReader(follower)
+    follow.until(is_event("step_succeeded", "seed"), timeout=30)
+    assert runner.poll() is None  # the run is still going: what follows is the live tail
+
+    events = follow.rest(timeout=60)
+    assert follower.wait(timeout=10) == 0
+    assert runner.wait(timeout=60) == 0
+    assert [e["seq"] for e in events] == list(range(1, store.get_run(run_id).last_seq + 1))
+    assert _comparable(events) == _stored(store, run_id)
+
+
+def test_follow_exits_1_when_the_run_fails(spawn, store):
+    run_id = _pending_run(store, "failing")
+    follower = spawn("logs", run_id, "--follow")
+    follow = EventReader(follower)
+    follow.until(is_event("run_created"), timeout=30)
+
+    runner = spawn("resume", run_id)
+    events = follow.rest(timeout=60)
+    assert follower.wait(timeout=10) == 1
+    assert runner.wait(timeout=60) == 1
+    assert events[-1]["type"] == "run_failed"
+    assert [e for e in events if e["type"] == "step_failed"][0]["data"]["error"] == "RuntimeError: boom after 41"
+    assert _comparable(events) == _stored(store, run_id)
+
+
+def test_follow_of_a_finished_run_prints_it_and_exits_with_its_outcome(cli):
+    ok = _finished_run(cli, "crashy", "-i", "pause=0", "-i", "items=2")
+    failed = _finished_run(cli, "failing")
+    done_ok = cli("logs", ok, "--follow", timeout=30)
+    done_failed = cli("logs", failed, "--follow", timeout=30)
+    assert done_ok.returncode == 0 and _jsonl(done_ok.stdout)[-1]["type"] == "run_succeeded"
+    assert done_failed.returncode == 1 and _jsonl(done_failed.stdout)[-1]["type"] == "run_failed"
+    # reconnecting after the end: nothing more to print, the outcome is still reported
+    last = _jsonl(done_failed.stdout)[-1]["seq"]
+    again = cli("logs", failed, "--follow", "--after", str(last), timeout=30)
+    assert again.returncode == 1 and again.stdout == ""
+
+
+def test_follow_reconnecting_mid_run_misses_nothing_and_repeats_nothing(spawn, store):
+    runner = spawn("run", workflow_path("crashy"), "-i", "pause=0.3")
+    run_id = EventReader(runner).run_id
+
+    first = spawn("logs", run_id, "--follow")
+    seen = EventReader(first)
+    seen.until(is_event("step_succeeded", "fan", child=True), timeout=60)
+    first.send_signal(signal.SIGKILL)  # the viewer's connection drops
+    first.wait(timeout=10)
+    before = list(seen.events)
+    last_seen = before[-1]["seq"]
+    assert runner.poll() is None  # reconnecting while the run is still executing
+
+    second = spawn("logs", run_id, "--follow", "--after", str(last_seen))
+    after = EventReader(second).rest(timeout=60)
+    assert second.wait(timeout=10) == 0
+    assert runner.wait(timeout=60) == 0
+
+    assert after[0]["seq"] == last_seen + 1
+    combined = before + after
+    assert [e["seq"] for e in combined] == list(range(1, store.get_run(run_id).last_seq + 1))
+    assert _comparable(combined) == _stored(store, run_id)
+    assert combined[-1]["type"] == "run_succeeded"
