@@ -88,10 +88,18 @@ def start_pool(url: str, batch_id: str, concurrency: int, processes: int, output
     ctx = multiprocessing.get_context("spawn")
     per_process = max(1, -(-concurrency // processes))
     pool = []
-    for _ in range(processes):
-        p = ctx.Process(target=worker_process, args=(url, batch_id, per_process, str(output_dir), lease_ttl), daemon=False)
-        p.start()
-        pool.append(p)
+    previous = os.environ.get("STATEPIPE_POOL_SIZE")
+    os.environ["STATEPIPE_POOL_SIZE"] = str(processes)  # each process takes its share of model limits
+    try:
+        for _ in range(processes):
+            p = ctx.Process(target=worker_process, args=(url, batch_id, per_process, str(output_dir), lease_ttl), daemon=False)
+            p.start()
+            pool.append(p)
+    finally:
+        if previous is None:
+            del os.environ["STATEPIPE_POOL_SIZE"]
+        else:
+            os.environ["STATEPIPE_POOL_SIZE"] = previous
     return pool
 
 

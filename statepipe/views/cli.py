@@ -316,10 +316,11 @@ def inspect(
 
     store = _store(max_size=1)
     snap = store.snapshot(store.resolve_run_id(run_id))
+    forks = store.forks_of(snap.run.id)
     if as_json:
-        _emit_json(inspect_json(snap))
+        _emit_json(inspect_json(snap, forks))
     else:
-        out_console().print(inspect_view(snap, full))
+        out_console().print(inspect_view(snap, forks, full))
 
 
 @app.command("list")

@@ -44,12 +44,13 @@ def step_json(snap: RunSnapshot, s: StepRow) -> dict[str, Any]:
     }
 
 
-def inspect_json(snap: RunSnapshot) -> dict[str, Any]:
+def inspect_json(snap: RunSnapshot, forks: list[str]) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     for parent in snap.parents():
         steps.append(step_json(snap, parent))
         steps.extend(step_json(snap, c) for c in snap.children(parent.name))
-    return {"run": snap.run.as_json(snap.result()), "steps": steps}
+    steps.extend(step_json(snap, c) for c in snap.compensations())
+    return {"run": {**snap.run.as_json(snap.result()), "forks": forks}, "steps": steps}
 
 
 def _pretty(value: Any, full: bool) -> str:
@@ -70,7 +71,7 @@ def _state(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
-def inspect_view(snap: RunSnapshot, full: bool = False) -> RenderableType:
+def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> RenderableType:
     run = snap.run
     head = Table.grid(padding=(0, 2))
     head.add_column(style="dim")
@@ -87,6 +88,10 @@ def inspect_view(snap: RunSnapshot, full: bool = False) -> RenderableType:
         head.add_row("llm", f"{run.tokens} tokens · {format_cost(run.cost_usd, run.dry_run)}" + (" (simulated model: --dry-run)" if run.dry_run else ""))
     if run.owner:
         head.add_row("owner", run.owner)
+    if run.forked_from:
+        head.add_row("forked from", run.forked_from)
+    if forks:
+        head.add_row("forks", ", ".join(forks))
     if run.error:
         head.add_row("error", Text(run.error, style="red"))
     sections: list[RenderableType] = [Panel(head, title="run", title_align="left"), Panel(_json(run.input, full), title="input", title_align="left")]
@@ -96,7 +101,7 @@ def inspect_view(snap: RunSnapshot, full: bool = False) -> RenderableType:
     table = Table(title="steps", title_justify="left", expand=False)
     for col in ("step", "state", "attempts", "started", "duration", "llm", "output / error"):
         table.add_column(col, overflow="fold")
-    for parent in snap.parents():
+    for parent in [*snap.parents(), *snap.compensations()]:
         rows = [parent, *snap.children(parent.name)]
         for s in rows:
             label = f"  └ {s.item}" if s.item else s.name
