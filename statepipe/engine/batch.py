@@ -20,6 +20,7 @@ from statepipe.definition.loader import Loaded
 from statepipe.engine.executor import RETRY_REQUEST
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import InputError
+from statepipe.inputs import json_object
 from statepipe.store.store import Store
 
 
@@ -42,13 +43,7 @@ def read_inputs(path: Path, source: str) -> list[dict[str, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source}:{number}: invalid JSON: {exc.msg} at column {exc.colno}") from exc
-        if not isinstance(value, dict):
-            raise InputError(f"{source}:{number}: each line must be a JSON object, got {type(value).__name__}")
-        inputs.append(value)
+        inputs.append(json_object(line, f"{source} line {number}"))
     if not inputs:
         raise InputError(f"{source} has no inputs")
     return inputs

@@ -11,6 +11,7 @@ from typing import Any
 
 from statepipe.definition.workflow import Workflow
 from statepipe.errors import InputError
+from statepipe.inputs import json_or_text
 from statepipe.store.records import RunSnapshot
 
 
@@ -65,18 +66,13 @@ class RerunPlan:
 def parse_sets(values: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """`--set key=value` changes the run input; `--set step.param=value` one step's input.
     Values are read as JSON when they parse, as strings otherwise (like -i)."""
-    import json
-
     run_input: dict[str, Any] = {}
     per_step: dict[str, dict[str, Any]] = {}
     for text in values:
         key, sep, raw = text.partition("=")
         if not sep or not key:
             raise InputError(f"invalid --set {text!r}: expected key=value or step.param=value")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        value = json_or_text(raw)
         step, dot, param = key.partition(".")
         if dot:
             per_step.setdefault(step, {})[param] = value

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from statepipe import config
+from statepipe.inputs import json_object, json_or_text
 from statepipe.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUN_CANCELLED,
@@ -91,22 +92,12 @@ def parse_inputs(pairs: list[str], input_file: str | None) -> dict[str, Any]:
             text = sys.stdin.read() if input_file == "-" else Path(input_file).read_text()
         except OSError as exc:
             raise InputError(f"cannot read input file {source}: {exc.strerror or exc}") from exc
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON in {source}: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-        if not isinstance(loaded, dict):
-            raise InputError(f"input in {source} must be a JSON object, got {type(loaded).__name__}")
-        data.update(loaded)
+        data.update(json_object(text, source))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key.strip()):
             raise InputError(f"invalid -i {pair!r}: expected key=value")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        data[key.strip()] = value
+        data[key.strip()] = json_or_text(raw)
     return data
 
 

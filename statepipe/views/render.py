@@ -50,7 +50,7 @@ def inspect_json(snap: RunSnapshot, forks: list[str]) -> dict[str, Any]:
         steps.append(step_json(snap, parent))
         steps.extend(step_json(snap, c) for c in snap.children(parent.name))
     steps.extend(step_json(snap, c) for c in snap.compensations())
-    return {"run": {**snap.run.as_json(snap.result()), "forks": forks}, "steps": steps}
+    return {"run": snap.run.as_json(snap.result()), "steps": steps, "forks": forks}
 
 
 def _pretty(value: Any, full: bool) -> str:
