@@ -62,32 +62,33 @@ def prepare(runtime: Runtime, loaded: Loaded, inputs: list[dict[str, Any]], batc
         except InputError as exc:
             raise InputError(f"input {number}: {exc}") from exc
     existing = runtime.store.batch_runs(batch_id)
-    created = retried = kept = 0
-    for index, data in enumerate(inputs):
-        run = existing.get(index)
-        if run is None:
-            runtime.create_run(loaded, data, detach=True, batch=(batch_id, index))
-            created += 1
-        elif run.state == "failed":
-            runtime.store.request(run.id, RETRY_REQUEST)
-            retried += 1
-        else:
-            kept += 1
-    return BatchPlan(batch_id, len(inputs), created, retried, kept)
+    missing = [i for i in range(len(inputs)) if i not in existing]
+    if missing:
+        runtime.create_runs(loaded, [inputs[i] for i in missing], detach=True, batch_id=batch_id, batch_indices=missing)
+    failed = [run for run in existing.values() if run.state == "failed"]
+    for run in failed:
+        runtime.store.request(run.id, RETRY_REQUEST)
+    return BatchPlan(batch_id, len(inputs), len(missing), len(failed), len(existing) - len(failed))
 
 
-def start_pool(url: str, batch_id: str, concurrency: int, processes: int, output_dir: Path, lease_ttl: float) -> list[multiprocessing.Process]:
-    """Spawned (not forked) processes: no inherited connections or threads."""
+def start_pool(
+    url: str, batch_id: str, concurrency: int, processes: int, output_dir: Path, lease_ttl: float
+) -> tuple[list[multiprocessing.process.BaseProcess], Any]:
+    """Start the pool before the caller opens any connection or thread: forked processes then
+    share the imports already done (no re-import per process) and inherit nothing unsafe. They
+    wait for `go.set()`, once the batch's runs exist."""
     from statepipe.views.workers import worker_process  # the process body writes results.jsonl
 
-    ctx = multiprocessing.get_context("spawn")
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    go = ctx.Event()
     per_process = max(1, -(-concurrency // processes))
     pool = []
     previous = os.environ.get("STATEPIPE_POOL_SIZE")
     os.environ["STATEPIPE_POOL_SIZE"] = str(processes)  # each process takes its share of model limits
     try:
         for _ in range(processes):
-            p = ctx.Process(target=worker_process, args=(url, batch_id, per_process, str(output_dir), lease_ttl), daemon=False)
+            p = ctx.Process(target=worker_process, args=(url, batch_id, per_process, str(output_dir), lease_ttl, go), daemon=False)
             p.start()
             pool.append(p)
     finally:
@@ -95,7 +96,7 @@ def start_pool(url: str, batch_id: str, concurrency: int, processes: int, output
             del os.environ["STATEPIPE_POOL_SIZE"]
         else:
             os.environ["STATEPIPE_POOL_SIZE"] = previous
-    return pool
+    return pool, go
 
 
 def drain(pool: list[multiprocessing.Process]) -> None:

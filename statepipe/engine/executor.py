@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from statepipe.store.records import (
     Change,
     NewEvent,
     NewStepRow,
+    RunRow,
     RunSnapshot,
     RunWrite,
     StepRow,
@@ -174,6 +175,8 @@ class RunExecutor:
         self.run_lc = run_lifecycle(snap.run.state, self.run_id)
         self.started_at = snap.run.started_at
         self.clock_start = snap.run.started_at  # what the run timeout counts from
+        self.loaded_run = snap.run
+        self.ended: tuple[datetime, str | None] | None = None  # when the run finished, and why (if failed)
         self.request: str | None = snap.run.requested
         self.dry_run = snap.run.dry_run
         self.parents: dict[str, StepState] = {}
@@ -245,6 +248,14 @@ class RunExecutor:
             output=row.output if row.state == "succeeded" else None,
             overrides=row.overrides,
             feedback=row.feedback,
+        )
+
+    def final_run(self) -> RunRow:
+        """The run row as this executor leaves it, without reading it back."""
+        finished_at, error = self.ended or (None, None)
+        return replace(
+            self.loaded_run, state=self.run_lc.state, input=self.input, started_at=self.started_at,
+            finished_at=finished_at, error=error, owner=None,
         )
 
     def result(self) -> Any:
@@ -757,6 +768,7 @@ class RunExecutor:
     def _end(self, change: Change, event: str, state: str, error: str | None) -> None:
         now = utcnow()
         self.run_lc.send(event)
+        self.ended = (now, error)
         duration = round((now - self.started_at).total_seconds(), 3) if self.started_at else None
         change.run = RunWrite(state, finished_at=now, error=error, clear_request=True, release=True)
         data: dict[str, Any] = {"duration_s": duration}

@@ -37,6 +37,7 @@ class Outcome:
     run_id: str
     state: str  # succeeded, failed, cancelled, paused, or "interrupted" (left resumable)
     result: Any = None  # the run's result, when it succeeded
+    run: RunRow | None = None  # the run row as the executor left it
 
 
 class Runtime:
@@ -46,7 +47,7 @@ class Runtime:
         self.owner = new_owner_id()
         self.lease_ttl = lease_ttl or lease_seconds()
         self.executors: dict[str, RunExecutor] = {}
-        self.finished: list[Callable[[str, str], None]] = []  # called with (run_id, state)
+        self.finished: list[Callable[[Outcome], None]] = []  # called when a run ends
         self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runnable = threading.Event()
@@ -73,7 +74,7 @@ class Runtime:
         """Validate the input and record a pending run: owned by this runtime from the first
         instant (so no worker grabs it), or, with `detach`, left for any worker."""
         return self.create_runs(loaded, [run_input], detach=detach, batch_id=batch[0] if batch else None,
-                                first_index=batch[1] if batch else 0, dry_run=dry_run, no_cache=no_cache)[0]
+                                batch_indices=[batch[1]] if batch else None, dry_run=dry_run, no_cache=no_cache)[0]
 
     def create_runs(
         self,
@@ -82,11 +83,12 @@ class Runtime:
         *,
         detach: bool = False,
         batch_id: str | None = None,
-        first_index: int = 0,
+        batch_indices: Sequence[int] | None = None,
         dry_run: bool = False,
         no_cache: bool = False,
     ) -> list[str]:
-        """Many runs of one workflow in one transaction (see create_run)."""
+        """Many runs of one workflow in one transaction (see create_run); a batch's runs carry
+        their line numbers in `batch_indices`."""
         wf = loaded.workflow
         owner = None if detach else self.owner
         fingerprint = wf.fingerprint()
@@ -106,7 +108,7 @@ class Runtime:
             event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
             runs.append(NewRun(
                 str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner,
-                batch_id, first_index + offset if batch_id else None, dry_run, no_cache, fingerprint,
+                batch_id, batch_indices[offset] if batch_indices is not None else None, dry_run, no_cache, fingerprint,
             ))
         created = self.store.create_runs(runs, ttl=self.lease_ttl)
         if owner is not None:
@@ -145,7 +147,7 @@ class Runtime:
             fence = await asyncio.to_thread(
                 self.store.claim, run_id, self.owner, self.lease_ttl, owner_is_dead, rerun is not None
             )
-        state, result = "interrupted", None
+        state, result, final = "interrupted", None, None
         lost = False
         try:
             if snap is None:
@@ -158,6 +160,7 @@ class Runtime:
             self.executors[run_id] = executor
             state = await executor.execute()
             result = executor.result() if state == "succeeded" else None
+            final = executor.final_run()
         except LeaseLost:
             lost = True  # someone else holds it now: nothing of ours to release
             raise
@@ -165,10 +168,11 @@ class Runtime:
             self.executors.pop(run_id, None)
             if not lost and state not in FINISHED + ("paused",):  # those released in their last commit
                 await asyncio.to_thread(self.store.release, run_id, fence)
+        outcome = Outcome(run_id, state, result, final)
         if state in FINISHED:
             for fn in self.finished:
-                fn(run_id, state)
-        return Outcome(run_id, state, result)
+                fn(outcome)
+        return outcome
 
     @staticmethod
     def _code_changes(snap: RunSnapshot, wf: Workflow, rerun: RerunPlan | None, strict: bool) -> RerunPlan | None:

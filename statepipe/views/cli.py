@@ -166,7 +166,7 @@ def _execute(
     runtime = runtime or Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
-    runtime.finished.append(ResultWriter(store, out_dir))
+    runtime.finished.append(ResultWriter(out_dir))
     interactive = sys.stdout.isatty()
     loaded = load(workflow) if workflow else None
     if not interactive:
@@ -675,8 +675,8 @@ def worker(
     runtime = runtime or Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
-    runtime.finished.append(ResultWriter(store, out_dir))
-    runtime.finished.append(lambda run_id, state: err.print(f"{run_id} {state}"))
+    runtime.finished.append(ResultWriter(out_dir))
+    runtime.finished.append(lambda outcome: err.print(f"{outcome.run_id} {outcome.state}"))
     names = [w.strip() for w in workflows.split(",") if w.strip()] if workflows else None
     err.print(f"worker {runtime.owner}: up to {concurrency} runs" + (f" of {', '.join(names)}" if names else ""))
 
@@ -705,6 +705,7 @@ def batch(
 
     Run it again with the same file and only what did not succeed runs again."""
     import time
+    from multiprocessing.connection import wait as wait_processes
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
@@ -717,15 +718,22 @@ def batch(
 
     loaded = load(workflow)
     inputs = batches.read_inputs(inputs_file, str(inputs_file))
-    store = _store()
-    runtime = Runtime(store)
     bid = batch_id or batches.batch_id_for(loaded.workflow.name, inputs)
-    plan = batches.prepare(runtime, loaded, inputs, bid)
-    err.print(f"batch {bid}: {plan.total} inputs; {plan.created} new, {plan.retried} to retry, {plan.kept} kept")
     out_dir = config.output_dir(OPTS.output_dir)
     nproc = processes or batches.default_processes(concurrency)
+    url = resolve_url(config.database_url(OPTS.database_url))
     began = time.monotonic()
-    pool = batches.start_pool(resolve_url(config.database_url(OPTS.database_url)), bid, concurrency, nproc, out_dir, runtime.lease_ttl)
+    pool, go = batches.start_pool(url, bid, concurrency, nproc, out_dir, config.lease_seconds())
+    try:
+        store = _store()
+        runtime = Runtime(store)
+        plan = batches.prepare(runtime, loaded, inputs, bid)
+    except BaseException:
+        for p in pool:
+            p.terminate()
+        raise
+    go.set()
+    err.print(f"batch {bid}: {plan.total} inputs; {plan.created} new, {plan.retried} to retry, {plan.kept} kept")
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] [yellow]{task.fields[running]} running[/]"),
@@ -742,7 +750,7 @@ def batch(
                 progress.update(task, completed=finished, ok=counts["succeeded"], failed=counts["failed"] + counts["cancelled"], running=counts["running"], rate=f"{rate:.1f}")
                 if not alive:
                     break
-                time.sleep(0.25)
+                wait_processes([p.sentinel for p in pool], timeout=0.25)
     except KeyboardInterrupt:
         err.print("stopping the batch: workers finish their running steps; run the same command to continue")
         batches.drain(pool)

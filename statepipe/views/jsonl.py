@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from statepipe.engine.runtime import Outcome
 from statepipe.store.records import Event, RunRow
 from statepipe.store.store import Store
 
@@ -130,12 +131,11 @@ def append_result(output_dir: Path, record: dict[str, Any]) -> None:
 
 
 class ResultWriter:
-    """Runtime.finished callback: a finished run's line in results.jsonl, read back from the store."""
+    """Runtime.finished callback: a finished run's line in results.jsonl."""
 
-    def __init__(self, store: Store, output_dir: Path) -> None:
-        self.store = store
+    def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
 
-    def __call__(self, run_id: str, _state: str) -> None:
-        run = self.store.get_run(run_id)
-        append_result(self.output_dir, result_record(run, self.store.results([run_id]).get(run_id)))
+    def __call__(self, outcome: Outcome) -> None:
+        assert outcome.run is not None
+        append_result(self.output_dir, result_record(outcome.run, outcome.result))
