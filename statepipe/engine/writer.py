@@ -165,8 +165,8 @@ class Writer:
 
 def _coalesce(batch: list[_Item]) -> list[_Item]:
     """Merge the output chunks one attempt streamed within a batch into one event, so a model
-    sending hundreds of tokens a second costs a few rows, not hundreds. A transition of the run
-    closes the merge: chunks never move across a transition."""
+    sending hundreds of tokens a second costs a few rows, not hundreds. Any other event of the
+    attempt (or a transition of the run) closes the merge: text never moves across an event."""
     out: list[_Item] = []
     open_text: dict[tuple[str, str | None, str | None, int | None], NewEvent] = {}
     for item in batch:
@@ -186,5 +186,8 @@ def _coalesce(batch: list[_Item]) -> list[_Item]:
             e = NewEvent(e.type, e.step, e.item, e.attempt, dict(e.data), e.ts)
             open_text[key] = e
             item = _Item(Change(ch.run_id, ch.fence, [e]), soft=True, future=item.future, queued_at=item.queued_at)
+        else:  # a progress or partial event closes its attempt's merge: text stays in order around it
+            for e in ch.events:
+                open_text.pop((ch.run_id, e.step, e.item, e.attempt), None)
         out.append(item)
     return out
