@@ -255,3 +255,43 @@ def error_message(done: subprocess.CompletedProcess[str] | str) -> str:
     assert stderr.count("statepipe: error:") == 1, stderr
     text = " ".join(stderr.split())
     return text[text.index("statepipe: error:") + len("statepipe: error:"):].strip()
+
+
+# -- helpers added for the issue-5 suite (rerun, feedback, fork, cache) ------------------------
+
+
+def run_here(store: Store, workflow: str, env: dict[str, str] | None = None, no_cache: bool = False, **run_input: Any) -> str:
+    """Create and execute a run of tests/workflows/<workflow>.py (or of a file path) in this
+    process, quicker than a CLI subprocess; `env` is set only while it executes. Returns the run
+    id once every event is committed; the run records the file, so the CLI can rerun it."""
+    import asyncio
+
+    from statepipe.definition.loader import load
+    from statepipe.engine.runtime import Runtime
+
+    loaded = load(workflow if workflow.endswith(".py") else workflow_path(workflow))
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    runtime = Runtime(store)
+    try:
+        run_id = runtime.create_run(loaded, run_input, no_cache=no_cache)
+        asyncio.run(runtime.execute(run_id, loaded))
+        runtime.writer.flush()
+    finally:
+        runtime._closing.set()  # its control listener stops; the store belongs to the fixture
+        runtime.writer.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return run_id
+
+
+def all_events(store: Store, run_id: str) -> list[Any]:
+    return store.events_after(run_id, 0, 100_000)
+
+
+def step_of(snap: Any, name: str, item: str = "") -> Any:
+    """One step row (a fan-out child with `item`) of a snapshot."""
+    return next(s for s in snap.steps if s.name == name and s.item == item and s.compensates is None)

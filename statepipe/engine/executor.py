@@ -168,6 +168,7 @@ class RunExecutor:
         self.runtime = runtime
         self.rerun = rerun
         self.no_cache = snap.run.no_cache
+        self.fresh: set[str] = set()  # steps a rerun invalidated: they bypass the cache
         self.wf = wf
         self.run_id = snap.run.id
         self.input: dict[str, Any] = snap.run.input
@@ -355,7 +356,8 @@ class RunExecutor:
         change.attempts.append(AttemptWrite(
             st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=utcnow(),
             error=error, output=output, usage=json.dumps(usage) if usage else None,
-            cache_key=st.cache_key if state == "succeeded" and st.undoes is None else None, cached_from=cached_from,
+            # only a computed output is a cache source: a reused one points at its origin instead
+            cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
         ))
 
     def _reset(self, st: StepState, change: Change, reason: str, event: str = "step_reset") -> None:
@@ -383,6 +385,7 @@ class RunExecutor:
         named = plan.named(self.wf, old_input)
         affected = self.wf.descendants(named + list(plan.items))
         plan.affected_steps = affected
+        self.fresh.update(affected)  # asked to run again: computed, not answered from the cache
         reason = plan.reason
         for name in affected:
             st = self.parents[name]
@@ -619,7 +622,7 @@ class RunExecutor:
         st.cache_key = None
         if st.undoes is None and self.wf.cached(st.step):
             st.cache_key = _cache_key(self.wf.name, st, kwargs, ctx.feedback)
-            if not self.no_cache:
+            if not self.no_cache and st.step.name not in self.fresh:
                 hit = await asyncio.to_thread(self.runtime.store.cache_lookup, st.cache_key, st.step.cache_ttl)
                 if hit is not None:
                     return _Cached(*hit)

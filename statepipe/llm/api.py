@@ -17,6 +17,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from statepipe.engine.context import StepContext
+from statepipe.errors import StatepipeError
 from statepipe.llm.backends import Shape
 from statepipe.llm.calls import call
 from statepipe.llm.parsing import JSONStreamParser, NDJSONParser
@@ -24,8 +25,10 @@ from statepipe.llm.parsing import JSONStreamParser, NDJSONParser
 Schema = type[BaseModel] | dict[str, Any]
 
 
-class InvalidReply(Exception):
+class InvalidReply(StatepipeError):
     """The model's reply does not fit the schema (retried with the error fed back)."""
+
+    exit_code = 1
 
 
 def _messages(ctx: StepContext, prompt: str | list[dict[str, Any]], system: str | None, instructions: str | None) -> list[dict[str, Any]]:

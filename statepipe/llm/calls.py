@@ -13,7 +13,7 @@ from typing import Any
 import tenacity
 
 from statepipe.engine.context import StepContext
-from statepipe.errors import NonRetryable
+from statepipe.errors import NonRetryable, StatepipeError
 from statepipe.llm.backends import SIMULATED, Refused, Reply, Shape, Transient, client, openai_stream, simulated_stream
 from statepipe.llm.limits import admitted
 from statepipe.llm.models import ModelConfig, model_config
@@ -21,12 +21,14 @@ from statepipe.llm.models import ModelConfig, model_config
 TRIES_PER_MODEL = 4
 
 
-class MissingAPIKey(NonRetryable):
+class MissingAPIKey(NonRetryable, StatepipeError):
     """The model needs a key that is not in the environment."""
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(StatepipeError):
     """Every model in the chain kept failing; the step's retry policy decides what next."""
+
+    exit_code = 1
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

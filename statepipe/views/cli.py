@@ -477,7 +477,8 @@ def rerun(
     plan = RerunPlan(
         steps=[] if items else list(from_steps),
         items={from_steps[0]: list(items)} if items else {},
-        reason=reason or "rerun " + " ".join(f"--from {s}" for s in from_steps) + "".join(f" --item {i}" for i in items),
+        reason=reason or " ".join(["rerun", *(f"--from {s}" for s in from_steps), *(f"--item {i}" for i in items), *(f"--set {v}" for v in sets)]
+                                  + (["--input-file"] if input_file is not None else [])),
         input=new_input,
         overrides=step_sets,
         feedback={s: feedback for s in from_steps} if feedback else {},
