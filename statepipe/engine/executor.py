@@ -30,7 +30,6 @@ from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
     LeaseLost,
-    NonRetryable,
     OutputNotSerializable,
     StepTimeout,
 )

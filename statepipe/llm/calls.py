@@ -59,12 +59,16 @@ def call(
         if not ctx.dry_run and not cfg.key():
             raise MissingAPIKey(f"model {cfg.name} needs {cfg.api_key_env}; set it, or run with --dry-run")
         streamed = [False]
+        fallback_from = model if i else None
 
-        def once(cfg: ModelConfig = cfg) -> Reply:
-            return _one(ctx, cfg, messages, params, shape, on_delta, streamed, fallback_from=model if i else None)
+        def once(cfg: ModelConfig = cfg, streamed: list[bool] = streamed, fallback_from: str | None = fallback_from) -> Reply:
+            return _one(ctx, cfg, messages, params, shape, on_delta, streamed, fallback_from=fallback_from)
+
+        def transient(e: BaseException, streamed: list[bool] = streamed) -> bool:
+            return isinstance(e, Transient) and not streamed[0]
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Transient) and not streamed[0]),
+            retry=tenacity.retry_if_exception(transient),
             wait=_wait,
             stop=tenacity.stop_after_attempt(TRIES_PER_MODEL),
             reraise=True,

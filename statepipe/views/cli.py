@@ -673,7 +673,7 @@ def worker(
 
     store = _store(max_size=max(4, concurrency + 2))
     out_dir = config.output_dir(OPTS.output_dir)
-    runtime = runtime or Runtime(store)
+    runtime = Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     runtime.finished.append(ResultWriter(out_dir))
@@ -757,7 +757,7 @@ def batch(
         batches.drain(pool)
         for p in pool:
             p.join()
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     for p in pool:
         p.join()
     elapsed = time.monotonic() - began
