@@ -135,6 +135,15 @@ def test_failed_run_exits_1_and_says_how_to_retry(cli, store):
     assert store.get_run(run_id).error == "step explode failed: RuntimeError: boom after 41"
 
 
+def test_piped_run_keeps_going_when_the_reader_leaves(cli, spawn, store):
+    # `statepipe run x | head -1`: the reader goes away, the run does not
+    proc = spawn("run", CRASHY, "-i", "pause=0.2", "-i", "items=3")
+    run_id = json.loads(proc.stdout.readline())["run_id"]
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert store.get_run(run_id).state == "succeeded"
+
+
 # -- input ---------------------------------------------------------------------------------------
 
 
@@ -426,6 +435,18 @@ def test_resuming_a_succeeded_run_exits_4_and_changes_nothing(cli, store):
     assert f"run {run_id} already succeeded" in error_message(done)
     after = store.get_run(run_id)
     assert (after.state, after.last_seq, after.fencing_token) == (before.state, before.last_seq, before.fencing_token)
+
+
+def test_resuming_a_failed_run_retries_only_what_failed(cli, store):
+    run_id = _run(cli, workflow_path("failing"), expect=1)
+    done = cli("resume", run_id)
+    assert done.returncode == 1  # the step fails again, deterministically
+    snap = store.snapshot(run_id)
+    attempts = {s.name: [a.state for a in s.attempts] for s in snap.steps}
+    assert attempts == {"prepare": ["succeeded"], "explode": ["failed", "failed"]}
+    assert snap.run.state == "failed"
+    types = [e["type"] for e in _events(done.stdout)]
+    assert types[0] == "run_resumed" and "step_reset" in types and types[-1] == "run_failed"
 
 
 @pytest.mark.parametrize("command", [("list",), ("inspect", "0123abcd"), ("run", CRASHY)])

@@ -119,7 +119,7 @@ def test_follow_started_before_the_run_executes_prints_events_live(spawn, store)
 
 
 def test_follow_started_while_the_run_executes_gets_backlog_then_live_tail(spawn, store):
-    runner = spawn("run", workflow_path("crashy"), "-i", "pause=0.3", "-i", "items=4")
+    runner = spawn("run", workflow_path("crashy"), "-i", "pause=0.5", "-i", "items=4")
     run = EventReader(runner)
     run_id = run.run_id
     run.until(is_event("step_succeeded", "seed"), timeout=60)
@@ -165,7 +165,7 @@ def test_follow_of_a_finished_run_prints_it_and_exits_with_its_outcome(cli):
 
 
 def test_follow_reconnecting_mid_run_misses_nothing_and_repeats_nothing(spawn, store):
-    runner = spawn("run", workflow_path("crashy"), "-i", "pause=0.3")
+    runner = spawn("run", workflow_path("crashy"), "-i", "pause=0.5")
     run_id = EventReader(runner).run_id
 
     first = spawn("logs", run_id, "--follow")
