@@ -7,7 +7,6 @@ process and exits when the run ends, with 0 for a succeeded and 1 for a failed r
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
 from typing import Any
@@ -37,12 +36,10 @@ def _finished_run(cli: Any, workflow: str = "crashy", *inputs: str) -> str:
 
 
 def _pending_run(store: Any, workflow: str, **run_input: Any) -> str:
-    """A run that exists in the store but that no process executes yet (`resume` starts it).
-    Created unowned (`detach`) where the runtime distinguishes owned from unowned new runs."""
+    """A run that exists in the store but that no process executes yet (`resume` starts it)."""
     runtime = Runtime(store)
-    options = {"detach": True} if "detach" in inspect.signature(runtime.create_run).parameters else {}
     try:
-        return runtime.create_run(load(workflow_path(workflow)), run_input, **options)
+        return runtime.create_run(load(workflow_path(workflow)), run_input, detach=True)
     finally:
         runtime.writer.close()
 
