@@ -57,6 +57,7 @@ class Step:
     # resolved by Workflow.validate()
     depends_on: tuple[str, ...] = field(default=())
     input_params: tuple[Param, ...] = field(default=())
+    _fingerprint: str | None = field(default=None, repr=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -67,11 +68,14 @@ class Step:
 
     def fingerprint(self) -> str:
         """What the step is: its code (and its condition and compensation), declared version and
-        dependencies. A change means its stored output may no longer be what it would produce."""
-        parts = [self.name, self.version, ",".join(self.depends_on), self.map_over or ""]
-        for fn in (self.fn, self.when, self.compensate):
-            parts.append(_source(fn) if fn is not None else "")
-        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+        dependencies. A change means its stored output may no longer be what it would produce.
+        Computed once: a loaded definition does not change under a running process."""
+        if self._fingerprint is None:
+            parts = [self.name, self.version, ",".join(self.depends_on), self.map_over or ""]
+            for fn in (self.fn, self.when, self.compensate):
+                parts.append(_source(fn) if fn is not None else "")
+            self._fingerprint = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+        return self._fingerprint
 
 
 def _source(fn: Callable[..., Any]) -> str:
@@ -374,6 +378,7 @@ class Workflow:
                     inputs.append(p)
             s.depends_on = tuple(deps)
             s.input_params = tuple(inputs)
+            s._fingerprint = None  # dependencies are part of it
         if self.result_step is not None and self.result_step not in self._steps:
             raise DefinitionError(f"workflow {self.name}: result step {self.result_step!r} is unknown")
         sorter = graphlib.TopologicalSorter({s.name: s.depends_on for s in self._steps.values()})
