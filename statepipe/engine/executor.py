@@ -697,7 +697,7 @@ class RunExecutor:
         message = str(error) if isinstance(error, (StepTimeout, OutputNotSerializable)) else f"{type(error).__name__}: {error}"
         policy = self.wf.policy_for(st.step)
         retryable = not isinstance(error, OutputNotSerializable)
-        if retryable and policy.should_retry(st.attempt, error) and not self.stopping:
+        if retryable and policy.should_retry(st.attempt, error):  # while draining too: resume keeps the wait
             delay = policy.delay(st.attempt, error)
             st.lc.send("wait")
             st.error = message
