@@ -98,29 +98,35 @@ CREATE TABLE IF NOT EXISTS statepipe.events (
     PRIMARY KEY (run_id, seq)
 );
 
--- Appends events to a run under its fencing token and wakes listeners, in the caller's
--- transaction. A stale owner (token moved on) gets SQLSTATE SP001 and its whole transaction
--- rolls back, so nothing it wrote after losing the lease is kept.
+-- Appends events to runs under their fencing tokens and wakes listeners, in the caller's
+-- transaction: one call for a whole batch of runs. Run i's events are those whose p_block is i,
+-- p_pos their order; its seqs end at the returned lasts[i]. A stale owner (token moved on) gets
+-- SQLSTATE SP001 and the whole transaction rolls back, so nothing it wrote is kept.
 CREATE OR REPLACE FUNCTION statepipe.append_events(
-    p_run text, p_fence bigint, p_ts timestamptz[], p_type text[], p_step text[],
+    p_runs text[], p_fences bigint[], p_counts integer[],
+    p_block integer[], p_pos integer[], p_ts timestamptz[], p_type text[], p_step text[],
     p_item text[], p_attempt integer[], p_data text[]
-) RETURNS bigint LANGUAGE plpgsql AS $$
+) RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
-    n integer := cardinality(p_type);
+    lasts bigint[] := '{}';
     v_last bigint;
 BEGIN
-    UPDATE statepipe.runs SET last_seq = last_seq + n, updated_at = now()
-     WHERE id = p_run AND fencing_token = p_fence
-    RETURNING last_seq INTO v_last;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'lease lost on run %', p_run USING ERRCODE = 'SP001';
-    END IF;
+    FOR i IN 1 .. cardinality(p_runs) LOOP
+        UPDATE statepipe.runs SET last_seq = last_seq + p_counts[i], updated_at = now()
+         WHERE id = p_runs[i] AND fencing_token = p_fences[i]
+        RETURNING last_seq INTO v_last;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'lease lost on run %', p_runs[i] USING ERRCODE = 'SP001';
+        END IF;
+        lasts := lasts || v_last;
+        PERFORM pg_notify('statepipe_' || replace(p_runs[i], '-', ''), v_last::text);
+    END LOOP;
     INSERT INTO statepipe.events (run_id, seq, ts, type, step, item, attempt, data)
-    SELECT p_run, v_last - n + e.ord, e.ts, e.type, e.step, e.item, e.attempt, e.data::jsonb
-      FROM unnest(p_ts, p_type, p_step, p_item, p_attempt, p_data)
-           WITH ORDINALITY AS e(ts, type, step, item, attempt, data, ord);
-    PERFORM pg_notify('statepipe_' || replace(p_run, '-', ''), v_last::text);
-    RETURN v_last;
+    SELECT p_runs[e.block], lasts[e.block] - p_counts[e.block] + e.pos, e.ts, e.type, e.step, e.item,
+           e.attempt, e.data::jsonb
+      FROM unnest(p_block, p_pos, p_ts, p_type, p_step, p_item, p_attempt, p_data)
+           AS e(block, pos, ts, type, step, item, attempt, data);
+    RETURN lasts;
 END $$;
 
 INSERT INTO statepipe.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;

@@ -30,6 +30,7 @@ from statepipe.store.records import (
 )
 
 SCHEMA_VERSION = 1
+SMALL_OUTPUTS = 64 * 1024  # a batch's outputs up to this size go in one set-based insert
 LEASE_LOST_SQLSTATE = "SP001"
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
@@ -103,10 +104,10 @@ class Store:
                     ),
                 )
                 self._insert_steps(conn, [(r.id, st) for r in runs for st in r.steps])
-                cursors = [self._append(conn, r.id, 1, [r.event]) for r in runs]
+                cur = self._append(conn, [(r.id, 1, [r.event]) for r in runs])
                 if any(r.owner is None for r in runs):
                     conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, runs[0].id))
-            seqs = [_fetch_last(c) for c in cursors]
+            seqs = _fetch_lasts(cur)
         return [_event(r.id, seq, r.event) for r, seq in zip(runs, seqs)]
 
     def batch_runs(self, batch_id: str) -> dict[int, RunRow]:
@@ -262,8 +263,8 @@ class Store:
                     " WHERE a.run_id = %s AND a.step = ANY(%s::text[]) AND a.state = 'succeeded'",
                     (run.id, source, list(keep)),
                 )
-                cur = self._append(conn, run.id, 1, [run.event])
-            seq = _fetch_last(cur)
+                cur = self._append(conn, [(run.id, 1, [run.event])])
+            (seq,) = _fetch_lasts(cur)
         return _event(run.id, seq, run.event)
 
     def forks_of(self, run_id: str) -> list[str]:
@@ -375,12 +376,12 @@ class Store:
         try:
             with self._tx() as conn:
                 with conn.pipeline(), conn.transaction():
-                    cursors = {
-                        run_id: self._append(conn, run_id, changes[idx[0]].fence, [e for i in idx for e in changes[i].events])
+                    cur = self._append(conn, [
+                        (run_id, changes[idx[0]].fence, [e for i in idx for e in changes[i].events])
                         for run_id, idx in by_run.items()
-                    }
+                    ])
                     self._apply(conn, changes)
-                lasts = {run_id: _fetch_last(cur) for run_id, cur in cursors.items()}
+                lasts = dict(zip(by_run, _fetch_lasts(cur)))
         except psycopg.DatabaseError as exc:
             if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
                 lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
@@ -394,20 +395,25 @@ class Store:
             firsts[ch.run_id] = seq + len(ch.events)
         return out
 
-    def _append(self, conn: psycopg.Connection[Any], run_id: str, fence: int, events: Sequence[NewEvent]) -> psycopg.Cursor[Any]:
-        """Queue the fenced append; its result (the run's last seq) is read after the sync."""
+    def _append(self, conn: psycopg.Connection[Any], blocks: Sequence[tuple[str, int, Sequence[NewEvent]]]) -> psycopg.Cursor[Any]:
+        """Queue the fenced append of each (run, fence, events) block in one statement; its
+        result (each run's last seq) is read after the sync."""
+        events = [(b, pos, e) for b, (_, _, evs) in enumerate(blocks, 1) for pos, e in enumerate(evs, 1)]
         return conn.cursor().execute(
-            "SELECT statepipe.append_events(%s, %s, %s::timestamptz[], %s::text[], %s::text[],"
-            " %s::text[], %s::integer[], %s::text[])",
+            "SELECT statepipe.append_events(%s::text[], %s::bigint[], %s::integer[], %s::integer[], %s::integer[],"
+            " %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[])",
             (
-                run_id,
-                fence,
-                [e.ts for e in events],
-                [e.type for e in events],
-                [e.step for e in events],
-                [e.item for e in events],
-                [e.attempt for e in events],
-                [json.dumps(e.data, default=str) for e in events],
+                [run for run, _, _ in blocks],
+                [fence for _, fence, _ in blocks],
+                [len(evs) for _, _, evs in blocks],
+                [b for b, _, _ in events],
+                [pos for _, pos, _ in events],
+                [e.ts for _, _, e in events],
+                [e.type for _, _, e in events],
+                [e.step for _, _, e in events],
+                [e.item for _, _, e in events],
+                [e.attempt for _, _, e in events],
+                [json.dumps(e.data, default=str) for _, _, e in events],
             ),
         )
 
@@ -466,19 +472,35 @@ class Store:
                     [r.item_index for r in rows],
                 ),
             )
-        attempts = [
-            (ch.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage,
-             a.cache_key, json.dumps(a.cached_from) if a.cached_from else None)
-            for ch in changes
-            for a in ch.attempts
-        ]
-        if attempts:  # row by row (pipelined): outputs can be megabytes, which arrays would escape
+        attempts = [(ch.run_id, a) for ch in changes for a in ch.attempts]
+        if not attempts:
+            return
+        columns = (
+            "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at,"
+            " error, output, usage, cache_key, cached_from)"
+        )
+        if sum(len(a.output or "") for _, a in attempts) > SMALL_OUTPUTS:
+            # row by row (pipelined): megabytes of JSON would be escaped again inside an array
             conn.cursor().executemany(
-                "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at,"
-                " error, output, usage, cache_key, cached_from)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb)",
-                attempts,
+                columns + " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb)",
+                [(r, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage,
+                  a.cache_key, json.dumps(a.cached_from) if a.cached_from else None) for r, a in attempts],
             )
+            return
+        conn.execute(
+            columns + " SELECT u.run_id, u.step, u.item, u.number, u.state, u.started_at, u.finished_at, u.error,"
+            " u.output::jsonb, u.usage::jsonb, u.cache_key, u.cached_from::jsonb"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::text[], %s::timestamptz[],"
+            "  %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+            "  AS u(run_id, step, item, number, state, started_at, finished_at, error, output, usage, cache_key, cached_from)",
+            (
+                [r for r, _ in attempts], [a.step for _, a in attempts], [a.item for _, a in attempts],
+                [a.number for _, a in attempts], [a.state for _, a in attempts], [a.started_at for _, a in attempts],
+                [a.finished_at for _, a in attempts], [a.error for _, a in attempts], [a.output for _, a in attempts],
+                [a.usage for _, a in attempts], [a.cache_key for _, a in attempts],
+                [json.dumps(a.cached_from) if a.cached_from else None for _, a in attempts],
+            ),
+        )
 
     # -- events -----------------------------------------------------------------------------
 
@@ -503,9 +525,9 @@ class Store:
             raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
 
 
-def _fetch_last(cur: psycopg.Cursor[Any]) -> int:
+def _fetch_lasts(cur: psycopg.Cursor[Any]) -> list[int]:
     row = cur.fetchone()
-    return int(row[0]) if row else 0
+    return [int(v) for v in row[0]] if row else []
 
 
 def _event(run_id: str, seq: int, e: NewEvent) -> Event:
