@@ -427,8 +427,8 @@ class RunExecutor:
         """A control command arrived (through NOTIFY or the heartbeat)."""
         if kind and kind != self.request and kind in CANCEL_REQUESTS + PAUSE_REQUESTS:
             self.request = kind
-            if kind in CANCEL_REQUESTS or kind == "pause_now":
-                self._interrupt_tasks()
+            if (kind in CANCEL_REQUESTS or kind == "pause_now") and not self.compensations:
+                self._interrupt_tasks()  # an undo action in flight is never cut short: it completes
             self._wake.set()
 
     def _handle_request(self, change: Change) -> None:
