@@ -4,6 +4,7 @@ a rich rendering of the same data for people."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -154,8 +155,16 @@ def workflows_table(found: list[Listed]) -> Table:
         table.add_column(col)
     for w in found:
         desc = Text(w.error, style="red") if w.error else Text(w.description)
-        table.add_row(w.name, str(w.steps) if not w.error else "-", desc, w.ref.rsplit(":", 1)[0])
+        table.add_row(w.name, str(w.steps) if not w.error else "-", desc, _near(w.ref.rsplit(":", 1)[0]))
     return table
+
+
+def _near(path: str) -> str:
+    """A path relative to the current directory when it is below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def graph_text(wf: Workflow) -> str:
