@@ -815,8 +815,8 @@ class RunExecutor:
         if failed:
             error += f"; compensation failed: {', '.join(failed)}"
         change.events.append(NewEvent("compensation_finished", data={"failed": failed}))
-        if self.request in CANCEL_REQUESTS:
-            self._end(change, "cancel", "cancelled", error if failed else None)
+        if self.request in CANCEL_REQUESTS:  # keep why it failed, if it had failed before the cancel
+            self._end(change, "cancel", "cancelled", error if failed or self.failure != "cancelled" else None)
         else:
             self._end(change, "fail", "failed", error)
         return []
