@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -26,10 +25,3 @@ def database_url(flag: str | None = None) -> str | None:
 
 def lease_seconds() -> float:
     return float(os.environ.get("STATEPIPE_LEASE_SECONDS", "15"))
-
-
-@dataclass(frozen=True)
-class Settings:
-    database_url: str | None
-    output_dir: Path
-    verbose: bool = False

@@ -70,7 +70,6 @@ class NonRetryable(Exception):
 
 
 # Exit codes that are not carried by an error type.
-EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_RUN_CANCELLED = 6
 EXIT_INTERRUPTED = 130

@@ -62,10 +62,6 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.params)
-
     def fingerprint(self) -> str:
         """What the step is: its code (and its condition and compensation), declared version and
         dependencies. A change means its stored output may no longer be what it would produce.

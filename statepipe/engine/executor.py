@@ -627,7 +627,7 @@ class RunExecutor:
                     return _Cached(*hit)
         fn = st.step.compensate if st.undoes is not None else st.step.fn
         assert fn is not None
-        if inspect.iscoroutinefunction(fn):
+        if st.step.is_async if st.undoes is None else inspect.iscoroutinefunction(fn):
             awaitable: Any = fn(**kwargs)
         else:
             awaitable = _run_in_thread(fn, kwargs)

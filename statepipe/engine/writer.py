@@ -61,10 +61,6 @@ class Writer:
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
 
-    def remove_listener(self, fn: Listener) -> None:
-        if fn in self._listeners:
-            self._listeners.remove(fn)
-
     def dispatch(self, events: list[Event]) -> None:
         """Hand committed events to the views (display, JSONL files, stdout)."""
         if not events:

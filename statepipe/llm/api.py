@@ -10,7 +10,7 @@ A reply that breaks its schema raises InvalidReply naming the field; the step's 
 from __future__ import annotations
 
 import json as jsonlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jsonschema
@@ -69,8 +69,14 @@ def text(
     **params: Any,
 ) -> str:
     """The whole reply; every token is an `output` event of this attempt as it arrives."""
-    reply = call(ctx, _messages(ctx, prompt, system, None), model=model, params=_params(temperature, max_tokens, params), on_delta=ctx.emit)
-    return reply.text
+    return _plain(ctx, prompt, model, system, _params(temperature, max_tokens, params), ctx.emit)
+
+
+def _plain(
+    ctx: StepContext, prompt: str | list[dict[str, Any]], model: str, system: str | None,
+    params: dict[str, Any], on_delta: Callable[[str], None],
+) -> str:
+    return call(ctx, _messages(ctx, prompt, system, None), model=model, params=params, on_delta=on_delta).text
 
 
 def stream(
@@ -95,7 +101,7 @@ def stream(
             pieces.put(piece)
 
         try:
-            call(ctx, _messages(ctx, prompt, system, None), model=model, params=_params(temperature, max_tokens, params), on_delta=deliver)
+            _plain(ctx, prompt, model, system, _params(temperature, max_tokens, params), deliver)
         except BaseException as exc:  # handed to the consuming step, which raises it
             pieces.put(exc)
         else:

@@ -202,13 +202,18 @@ def _execute(
     return OUTCOME_EXIT.get(state, 0)
 
 
+def _work_time(steps: list[Any]) -> float:
+    """Seconds the succeeded ones among `steps` originally took: what reusing them saves."""
+    return sum((s.finished_at - s.started_at).total_seconds() for s in steps if s.state == "succeeded" and s.started_at and s.finished_at)
+
+
 def _report_reuse(snap: Any, rerun: Any) -> None:
     """What the rerun saved: steps reused and the time they originally took."""
     from statepipe.views.style import format_duration
 
     redone = set(rerun.affected_steps)
     reused = [s for s in snap.parents() if s.name not in redone]
-    saved = sum((s.finished_at - s.started_at).total_seconds() for s in reused if s.started_at and s.finished_at)
+    saved = _work_time(reused)
     err.print(f"reused {len(reused)} step(s) that originally took {format_duration(saved)}; re-ran {len(redone)}: {', '.join(sorted(redone))}")
 
 
@@ -435,7 +440,7 @@ def _show_plan(wf: Any, snap: Any, plan: Any) -> None:
 
     affected = plan.affected(wf, snap.run.input)
     kept = [s for s in snap.parents() if s.name not in affected]
-    took = sum((s.finished_at - s.started_at).total_seconds() for s in kept if s.started_at and s.finished_at and s.state == "succeeded")
+    took = _work_time(kept)
     calls = 0
     for name in affected:
         step = wf[name]
