@@ -1,6 +1,7 @@
--- statepipe schema, version 1.
--- Applied automatically (under an advisory lock) by statepipe.store.database; the version row in
--- statepipe.schema_version lets a later release migrate instead of re-creating.
+-- statepipe schema, version 2.
+-- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
+-- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
+-- applying this file again; the version row in statepipe.schema_version records where it is.
 -- Hot rows (runs, steps) are kept small; outputs live once per attempt in statepipe.attempts.
 
 CREATE SCHEMA IF NOT EXISTS statepipe;
@@ -98,35 +99,93 @@ CREATE TABLE IF NOT EXISTS statepipe.events (
     PRIMARY KEY (run_id, seq)
 );
 
--- Appends events to runs under their fencing tokens and wakes listeners, in the caller's
--- transaction: one call for a whole batch of runs. Run i's events are those whose p_block is i,
--- p_pos their order; its seqs end at the returned lasts[i]. A stale owner (token moved on) gets
--- SQLSTATE SP001 and the whole transaction rolls back, so nothing it wrote is kept.
-CREATE OR REPLACE FUNCTION statepipe.append_events(
-    p_runs text[], p_fences bigint[], p_counts integer[],
-    p_block integer[], p_pos integer[], p_ts timestamptz[], p_type text[], p_step text[],
-    p_item text[], p_attempt integer[], p_data text[]
-) RETURNS bigint[] LANGUAGE plpgsql AS $$
+-- The engine's one write: a batch of changes to any number of runs, in the caller's statement
+-- (so in one transaction). `p` holds:
+--   runs:       [{id, fence, n}]  each run's fencing token and how many events it appends
+--   events:     [{b, pos, ts, type, step, item, attempt, data}]  b: 1-based index into runs
+--   run_writes: [{id, state, started_at, finished_at, error, clear_request, release, input,
+--                 fingerprint}]  applied in order
+--   new_steps, steps, attempts: step rows to insert, step rows to update, attempts that ended
+--   (a part with nothing to write is left out)
+--   values:     JSON values the attempts point at by index (o: output, u: usage), spliced in
+--               by the client so a megabyte of output is never escaped twice
+-- A stale owner (token moved on) gets SQLSTATE SP001 and the whole transaction rolls back, so
+-- nothing it wrote is kept. Returns each run's last seq, in the order of `runs`.
+CREATE OR REPLACE FUNCTION statepipe.commit_changes(p jsonb) RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
+    ids text[] := '{}';
+    counts integer[] := '{}';
     lasts bigint[] := '{}';
+    v_id text;
+    v_n integer;
     v_last bigint;
+    w jsonb;
 BEGIN
-    FOR i IN 1 .. cardinality(p_runs) LOOP
-        UPDATE statepipe.runs SET last_seq = last_seq + p_counts[i], updated_at = now()
-         WHERE id = p_runs[i] AND fencing_token = p_fences[i]
+    FOR i IN 0 .. jsonb_array_length(p->'runs') - 1 LOOP
+        v_id := p->'runs'->i->>'id';
+        v_n := (p->'runs'->i->>'n')::integer;
+        UPDATE statepipe.runs SET last_seq = last_seq + v_n, updated_at = now()
+         WHERE id = v_id AND fencing_token = (p->'runs'->i->>'fence')::bigint
         RETURNING last_seq INTO v_last;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'lease lost on run %', p_runs[i] USING ERRCODE = 'SP001';
+            RAISE EXCEPTION 'lease lost on run %', v_id USING ERRCODE = 'SP001';
         END IF;
+        ids := ids || v_id;
+        counts := counts || v_n;
         lasts := lasts || v_last;
-        PERFORM pg_notify('statepipe_' || replace(p_runs[i], '-', ''), v_last::text);
+        PERFORM pg_notify('statepipe_' || replace(v_id, '-', ''), v_last::text);
     END LOOP;
-    INSERT INTO statepipe.events (run_id, seq, ts, type, step, item, attempt, data)
-    SELECT p_runs[e.block], lasts[e.block] - p_counts[e.block] + e.pos, e.ts, e.type, e.step, e.item,
-           e.attempt, e.data::jsonb
-      FROM unnest(p_block, p_pos, p_ts, p_type, p_step, p_item, p_attempt, p_data)
-           AS e(block, pos, ts, type, step, item, attempt, data);
+    IF p ? 'events' THEN
+        INSERT INTO statepipe.events (run_id, seq, ts, type, step, item, attempt, data)
+        SELECT ids[e.b], lasts[e.b] - counts[e.b] + e.pos, e.ts, e.type, e.step, e.item, e.attempt,
+               coalesce(e.data, '{}')
+          FROM jsonb_to_recordset(p->'events')
+               AS e(b integer, pos integer, ts timestamptz, type text, step text, item text, attempt integer, data jsonb);
+    END IF;
+    IF p ? 'run_writes' THEN
+        FOR i IN 0 .. jsonb_array_length(p->'run_writes') - 1 LOOP
+            w := p->'run_writes'->i;
+            UPDATE statepipe.runs SET state = w->>'state',
+                   started_at = coalesce((w->>'started_at')::timestamptz, started_at),
+                   finished_at = (w->>'finished_at')::timestamptz, error = w->>'error',
+                   requested = CASE WHEN (w->>'clear_request')::boolean THEN NULL ELSE requested END,
+                   owner = CASE WHEN (w->>'release')::boolean THEN NULL ELSE owner END,
+                   lease_expires_at = CASE WHEN (w->>'release')::boolean THEN NULL ELSE lease_expires_at END,
+                   input = coalesce(nullif(w->'input', 'null'), input),
+                   fingerprint = coalesce(nullif(w->'fingerprint', 'null'), fingerprint)
+             WHERE id = w->>'id';
+        END LOOP;
+    END IF;
+    IF p ? 'new_steps' THEN
+        INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on)
+        SELECT n.run_id, n.name, n.item, n.position, n.item_index, n.fanout, n.compensates, n.state, n.depends_on
+          FROM jsonb_to_recordset(p->'new_steps')
+               AS n(run_id text, name text, item text, position integer, item_index integer, fanout boolean,
+                    compensates text, state text, depends_on text[]);
+    END IF;
+    IF p ? 'steps' THEN
+        UPDATE statepipe.steps s SET state = u.state, attempt = u.attempt, started_at = u.started_at,
+               finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at,
+               overrides = u.overrides, feedback = u.feedback, item_index = u.item_index
+          FROM jsonb_to_recordset(p->'steps')
+               AS u(run_id text, name text, item text, state text, attempt integer, started_at timestamptz,
+                    finished_at timestamptz, error text, next_attempt_at timestamptz, overrides jsonb,
+                    feedback text, item_index integer)
+         WHERE s.run_id = u.run_id AND s.name = u.name AND s.item = u.item;
+    END IF;
+    IF p ? 'attempts' THEN
+        INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at, error,
+                                        output, usage, cache_key, cached_from)
+        SELECT a.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error,
+               p->'values'->a.o, p->'values'->a.u, a.cache_key, a.cached_from
+          FROM jsonb_to_recordset(p->'attempts')
+               AS a(run_id text, step text, item text, number integer, state text, started_at timestamptz,
+                    finished_at timestamptz, error text, o integer, u integer, cache_key text, cached_from jsonb);
+    END IF;
     RETURN lasts;
 END $$;
 
-INSERT INTO statepipe.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
+    timestamptz[], text[], text[], text[], integer[], text[]);
+
+INSERT INTO statepipe.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;

@@ -311,7 +311,10 @@ class RunExecutor:
         return Change(self.run_id, self.fence, [])
 
     async def _commit(self, change: Change) -> None:
-        await asyncio.wrap_future(self.runtime.writer.submit(change))
+        writer = self.runtime.writer
+        if len(self.runtime.executors) == 1 and writer.commit_now(change) is not None:
+            return  # alone in this process: nothing to group with (see Writer.commit_now)
+        await asyncio.wrap_future(writer.submit(change))
 
     def _recover(self, change: Change) -> None:
         """Bring a stored run to a state the loop can continue from."""

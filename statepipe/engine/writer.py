@@ -4,7 +4,13 @@ Everything queued while a transaction is in flight goes into the next one (group
 branches finishing together cost one commit, not 100. Progress and output chunks are "soft": they
 wait up to `linger` seconds for company, so a model streaming thousands of tokens a second costs
 about one transaction per `linger` per process. A transition never waits: it flushes the soft
-events queued before it, in order, in its own transaction."""
+events queued before it, in order, in its own transaction.
+
+`commit_now` is the express lane for a process executing a single run: with nothing queued and
+nothing in flight there is no one to group with, and the two thread handoffs of the queue cost
+more than the commit itself (about 0.4 ms a transition on two cores), so the caller commits on
+its own thread. Both paths hold one lock from gathering to dispatch, so events still reach the
+store and the views in the order they were queued."""
 
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ class Writer:
         self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._listeners: list[Listener] = []
         self._lost: set[str] = set()
+        self._turn = threading.Lock()  # held by whoever is committing (and, here, gathering)
         self._thread = threading.Thread(target=self._loop, name="statepipe-writer", daemon=True)
         self._thread.start()
 
@@ -76,6 +83,28 @@ class Writer:
         fut: Future[list[Event]] = Future()
         self._q.put(_Item(change, soft=False, future=fut))
         return fut
+
+    def commit_now(self, change: Change) -> list[Event] | None:
+        """Commit on the caller's thread when the writer is idle: the change's events, or None
+        when it must go through `submit` (a batch is queued or in flight, or the database is
+        away: the writer thread waits for it without blocking the caller). Raises LeaseLost."""
+        if not self._turn.acquire(blocking=False):
+            return None
+        try:
+            if not self._q.empty() or change.run_id in self._lost:
+                return None
+            try:
+                (events,) = self.store.commit([change])
+            except LeaseLost as exc:
+                self._lost.add(change.run_id)
+                raise LeaseLost(f"run {change.run_id}: another executor took it over") from exc
+            except DatabaseUnavailable:
+                return None
+            self.transactions += 1
+            self.dispatch(events)
+            return events
+        finally:
+            self._turn.release()
 
     def publish(self, change: Change) -> None:
         """Queue progress/output events; committed within `linger` seconds."""
@@ -100,8 +129,9 @@ class Writer:
                 return
             assert isinstance(first, _Item)
             batch = [first]
-            stop = self._gather(batch)
-            self._commit([i for i in batch if i.change.run_id])
+            with self._turn:
+                stop = self._gather(batch)
+                self._commit([i for i in batch if i.change.run_id])
             for item in batch:
                 if not item.change.run_id and item.future is not None:
                     item.future.set_result([])

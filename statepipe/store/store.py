@@ -1,7 +1,7 @@
 """All of statepipe's SQL (with schema.sql): parametrised statements over a psycopg 3 pool.
 
 `commit` is the single write path of the engine: a batch of Changes lands in one transaction,
-each run's events appended under its fencing token (statepipe.append_events), so a state row
+each run's events appended under its fencing token (statepipe.commit_changes), so a state row
 never exists without its event and a stale owner can write nothing."""
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from statepipe.store.records import (
     Event,
     NewEvent,
     NewRun,
-    NewStepRow,
     RunRow,
     RunSnapshot,
     StepRow,
 )
 
-SCHEMA_VERSION = 1
-SMALL_OUTPUTS = 64 * 1024  # a batch's outputs up to this size go in one set-based insert
+SCHEMA_VERSION = 2
 LEASE_LOST_SQLSTATE = "SP001"
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
@@ -40,7 +38,7 @@ RUNNABLE_CHANNEL = "statepipe_runnable"  # payload run id: a run wants an execut
 
 
 def channel(run_id: str) -> str:
-    """The per-run channel statepipe.append_events notifies (payload: the last seq)."""
+    """The per-run channel statepipe.commit_changes notifies (payload: the last seq)."""
     return "statepipe_" + run_id.replace("-", "")
 
 
@@ -103,8 +101,9 @@ class Store:
                         [json.dumps(r.fingerprint) for r in runs], [r.forked_from for r in runs],
                     ),
                 )
-                self._insert_steps(conn, [(r.id, st) for r in runs for st in r.steps])
-                cur = self._append(conn, [(r.id, 1, [r.event]) for r in runs])
+                cur = self._commit_changes(
+                    conn, [Change(r.id, 1, [r.event], new_steps=r.steps) for r in runs], [[i] for i in range(len(runs))]
+                )
                 if any(r.owner is None for r in runs):
                     conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, runs[0].id))
             seqs = _fetch_lasts(cur)
@@ -263,7 +262,7 @@ class Store:
                     " WHERE a.run_id = %s AND a.step = ANY(%s::text[]) AND a.state = 'succeeded'",
                     (run.id, source, list(keep)),
                 )
-                cur = self._append(conn, [(run.id, 1, [run.event])])
+                cur = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
             (seq,) = _fetch_lasts(cur)
         return _event(run.id, seq, run.event)
 
@@ -365,8 +364,8 @@ class Store:
     # -- the write path ---------------------------------------------------------------------
 
     def commit(self, changes: Sequence[Change]) -> list[list[Event]]:
-        """Commit all changes in one transaction, pipelined into one round trip; returns each
-        change's events with their seq.
+        """Commit all changes in one transaction: a single statement, so one round trip and no
+        per-parameter encoding beyond one JSON document; returns each change's events with their seq.
 
         Raises LeaseLost (nothing written) when any run's fencing token has moved on; the caller
         drops that run's changes and commits the rest again."""
@@ -374,13 +373,8 @@ class Store:
         for i, ch in enumerate(changes):
             by_run.setdefault(ch.run_id, []).append(i)
         try:
-            with self._tx() as conn:
-                with conn.pipeline(), conn.transaction():
-                    cur = self._append(conn, [
-                        (run_id, changes[idx[0]].fence, [e for i in idx for e in changes[i].events])
-                        for run_id, idx in by_run.items()
-                    ])
-                    self._apply(conn, changes)
+            with self._tx() as conn:  # autocommit: one statement, one transaction, one round trip
+                cur = self._commit_changes(conn, changes, list(by_run.values()))
                 lasts = dict(zip(by_run, _fetch_lasts(cur)))
         except psycopg.DatabaseError as exc:
             if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
@@ -395,112 +389,12 @@ class Store:
             firsts[ch.run_id] = seq + len(ch.events)
         return out
 
-    def _append(self, conn: psycopg.Connection[Any], blocks: Sequence[tuple[str, int, Sequence[NewEvent]]]) -> psycopg.Cursor[Any]:
-        """Queue the fenced append of each (run, fence, events) block in one statement; its
-        result (each run's last seq) is read after the sync."""
-        events = [(b, pos, e) for b, (_, _, evs) in enumerate(blocks, 1) for pos, e in enumerate(evs, 1)]
-        return conn.cursor().execute(
-            "SELECT statepipe.append_events(%s::text[], %s::bigint[], %s::integer[], %s::integer[], %s::integer[],"
-            " %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[])",
-            (
-                [run for run, _, _ in blocks],
-                [fence for _, fence, _ in blocks],
-                [len(evs) for _, _, evs in blocks],
-                [b for b, _, _ in events],
-                [pos for _, pos, _ in events],
-                [e.ts for _, _, e in events],
-                [e.type for _, _, e in events],
-                [e.step for _, _, e in events],
-                [e.item for _, _, e in events],
-                [e.attempt for _, _, e in events],
-                [json.dumps(e.data, default=str) for _, _, e in events],
-            ),
-        )
-
-    def _insert_steps(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[str, NewStepRow]]) -> None:
-        if not rows:
-            return
-        conn.execute(
-            "INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on)"
-            " SELECT u.run_id, u.name, u.item, u.position, u.item_index, u.fanout, u.compensates, u.state,"
-            "  ARRAY(SELECT jsonb_array_elements_text(u.deps::jsonb))"
-            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[], %s::boolean[],"
-            "  %s::text[], %s::text[], %s::text[])"
-            "  AS u(run_id, name, item, position, item_index, fanout, compensates, state, deps)",
-            (
-                [r for r, _ in rows], [s.name for _, s in rows], [s.item for _, s in rows],
-                [s.position for _, s in rows], [s.item_index for _, s in rows], [s.fanout for _, s in rows],
-                [s.compensates for _, s in rows], [s.state for _, s in rows], [json.dumps(s.depends_on) for _, s in rows],
-            ),
-        )
-
-    def _apply(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> None:
-        """Every row write of a batch in a few set-based statements (new step rows first: the
-        same batch may start them)."""
-        for ch in changes:
-            if ch.run is not None:
-                conn.execute(
-                    "UPDATE statepipe.runs SET state = %s, started_at = COALESCE(%s, started_at),"
-                    " finished_at = %s, error = %s, requested = CASE WHEN %s THEN NULL ELSE requested END,"
-                    " owner = CASE WHEN %s THEN NULL ELSE owner END,"
-                    " lease_expires_at = CASE WHEN %s THEN NULL ELSE lease_expires_at END,"
-                    " input = COALESCE(%s::jsonb, input), fingerprint = COALESCE(%s::jsonb, fingerprint) WHERE id = %s",
-                    (ch.run.state, ch.run.started_at, ch.run.finished_at, ch.run.error, ch.run.clear_request,
-                     ch.run.release, ch.run.release,
-                     json.dumps(ch.run.input) if ch.run.input is not None else None,
-                     json.dumps(ch.run.fingerprint) if ch.run.fingerprint is not None else None, ch.run_id),
-                )
-        self._insert_steps(conn, [(ch.run_id, s) for ch in changes for s in ch.new_steps])
-        # a step written twice in one batch: its last write is its state
-        latest = {(ch.run_id, s.name, s.item): s for ch in changes for s in ch.steps}
-        if latest:
-            keys, rows = list(latest), list(latest.values())
-            conn.execute(
-                "UPDATE statepipe.steps s SET state = u.state, attempt = u.attempt, started_at = u.started_at,"
-                " finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at,"
-                " overrides = u.overrides::jsonb, feedback = u.feedback, item_index = u.item_index"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::timestamptz[],"
-                "  %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::integer[])"
-                "  AS u(run_id, name, item, state, attempt, started_at, finished_at, error, next_attempt_at, overrides,"
-                "   feedback, item_index)"
-                " WHERE s.run_id = u.run_id AND s.name = u.name AND s.item = u.item",
-                (
-                    [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-                    [r.state for r in rows], [r.attempt for r in rows], [r.started_at for r in rows],
-                    [r.finished_at for r in rows], [r.error for r in rows], [r.next_attempt_at for r in rows],
-                    [json.dumps(r.overrides) if r.overrides else None for r in rows], [r.feedback for r in rows],
-                    [r.item_index for r in rows],
-                ),
-            )
-        attempts = [(ch.run_id, a) for ch in changes for a in ch.attempts]
-        if not attempts:
-            return
-        columns = (
-            "INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at,"
-            " error, output, usage, cache_key, cached_from)"
-        )
-        if sum(len(a.output or "") for _, a in attempts) > SMALL_OUTPUTS:
-            # row by row (pipelined): megabytes of JSON would be escaped again inside an array
-            conn.cursor().executemany(
-                columns + " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb)",
-                [(r, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error, a.output, a.usage,
-                  a.cache_key, json.dumps(a.cached_from) if a.cached_from else None) for r, a in attempts],
-            )
-            return
-        conn.execute(
-            columns + " SELECT u.run_id, u.step, u.item, u.number, u.state, u.started_at, u.finished_at, u.error,"
-            " u.output::jsonb, u.usage::jsonb, u.cache_key, u.cached_from::jsonb"
-            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::text[], %s::timestamptz[],"
-            "  %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
-            "  AS u(run_id, step, item, number, state, started_at, finished_at, error, output, usage, cache_key, cached_from)",
-            (
-                [r for r, _ in attempts], [a.step for _, a in attempts], [a.item for _, a in attempts],
-                [a.number for _, a in attempts], [a.state for _, a in attempts], [a.started_at for _, a in attempts],
-                [a.finished_at for _, a in attempts], [a.error for _, a in attempts], [a.output for _, a in attempts],
-                [a.usage for _, a in attempts], [a.cache_key for _, a in attempts],
-                [json.dumps(a.cached_from) if a.cached_from else None for _, a in attempts],
-            ),
-        )
+    def _commit_changes(
+        self, conn: psycopg.Connection[Any], changes: Sequence[Change], by_run: Sequence[Sequence[int]]
+    ) -> psycopg.Cursor[Any]:
+        """Send a batch to statepipe.commit_changes as one JSON document; the result (each run's
+        last seq, in the order of `by_run`) is read from the returned cursor."""
+        return conn.cursor().execute("SELECT statepipe.commit_changes(%s::jsonb)", (_document(changes, by_run),))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -525,6 +419,45 @@ class Store:
             raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
 
 
+def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> str:
+    """The JSON document statepipe.commit_changes reads (see schema.sql). Outputs and usage are
+    already JSON text: they are spliced in as values, not encoded again as strings."""
+    values: list[str] = []
+
+    def value(text: str | None) -> int | None:
+        if text is None:
+            return None
+        values.append(text)
+        return len(values) - 1
+
+    runs, events = [], []
+    for b, idx in enumerate(by_run, 1):
+        block = [e for i in idx for e in changes[i].events]
+        runs.append({"id": changes[idx[0]].run_id, "fence": changes[idx[0]].fence, "n": len(block)})
+        events += [
+            {"b": b, "pos": pos, "ts": e.ts, "type": e.type, "step": e.step, "item": e.item, "attempt": e.attempt, "data": e.data}
+            for pos, e in enumerate(block, 1)
+        ]
+    latest = {(ch.run_id, s.name, s.item): (ch.run_id, s) for ch in changes for s in ch.steps}  # last write wins
+    body = {
+        "runs": runs,
+        "events": events,
+        "run_writes": [{"id": ch.run_id, **vars(ch.run)} for ch in changes if ch.run is not None],
+        "new_steps": [{"run_id": ch.run_id, **vars(s)} for ch in changes for s in ch.new_steps],
+        "steps": [{"run_id": r, **vars(s)} for r, s in latest.values()],
+        "attempts": [
+            {
+                "run_id": ch.run_id, "step": a.step, "item": a.item, "number": a.number, "state": a.state,
+                "started_at": a.started_at, "finished_at": a.finished_at, "error": a.error,
+                "o": value(a.output), "u": value(a.usage), "cache_key": a.cache_key, "cached_from": a.cached_from,
+            }
+            for ch in changes for a in ch.attempts
+        ],
+    }
+    head = json.dumps({k: v for k, v in body.items() if v}, default=str, separators=(",", ":"))
+    return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}"
+
+
 def _fetch_lasts(cur: psycopg.Cursor[Any]) -> list[int]:
     row = cur.fetchone()
     return [int(v) for v in row[0]] if row else []
@@ -540,7 +473,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Apply schema.sql once per database; a later version would migrate from the row found."""
+    """Apply schema.sql once per database version: the file is idempotent, so an older database
+    is migrated by applying it again under the lock."""
     row = conn.execute("SELECT to_regclass('statepipe.schema_version') IS NOT NULL").fetchone()
     if row and row[0]:
         current = conn.execute("SELECT max(version) FROM statepipe.schema_version").fetchone()
