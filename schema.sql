@@ -108,10 +108,13 @@ CREATE TABLE IF NOT EXISTS statepipe.events (
 --   new_steps, steps, attempts: step rows to insert, step rows to update, attempts that ended
 --   (a part with nothing to write is left out)
 --   values:     JSON values the attempts point at by index (o: output, u: usage), spliced in
---               by the client so a megabyte of output is never escaped twice
+--               by the client so no output is escaped twice
+-- `big` holds the outputs too long to splice (attempts point at them with ob, 1-based): taking
+-- a megabyte back out of `p` would re-encode it, which costs about what parsing it did.
 -- A stale owner (token moved on) gets SQLSTATE SP001 and the whole transaction rolls back, so
 -- nothing it wrote is kept. Returns each run's last seq, in the order of `runs`.
-CREATE OR REPLACE FUNCTION statepipe.commit_changes(p jsonb) RETURNS bigint[] LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION statepipe.commit_changes(p jsonb, VARIADIC big jsonb[] DEFAULT '{}')
+RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
     ids text[] := '{}';
     counts integer[] := '{}';
@@ -177,10 +180,11 @@ BEGIN
         INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at, error,
                                         output, usage, cache_key, cached_from)
         SELECT a.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error,
-               p->'values'->a.o, p->'values'->a.u, a.cache_key, a.cached_from
+               coalesce(big[a.ob], p->'values'->a.o), p->'values'->a.u, a.cache_key, a.cached_from
           FROM jsonb_to_recordset(p->'attempts')
                AS a(run_id text, step text, item text, number integer, state text, started_at timestamptz,
-                    finished_at timestamptz, error text, o integer, u integer, cache_key text, cached_from jsonb);
+                    finished_at timestamptz, error text, o integer, ob integer, u integer, cache_key text,
+                    cached_from jsonb);
     END IF;
     RETURN lasts;
 END $$;

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.rerun import RerunPlan
-from statepipe.engine.outputs import encode, summarize, summarize_usage
+from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
 from statepipe.engine.threads import POOL
 from statepipe.errors import (
     ConflictError,
@@ -71,7 +71,8 @@ class StepState:
     finished_at: datetime | None = None
     error: str | None = None
     next_attempt_at: datetime | None = None
-    output: Any = None
+    decoded: Any = None  # the output, once decoded (see `output`)
+    undecoded: str | None = None  # output JSON as stored, not decoded yet
     children: list[StepState] = field(default_factory=list)
     undoes: StepState | None = None  # set on a compensation: the step it undoes
     previous_error: str | None = None  # the failed attempt before this one
@@ -85,6 +86,18 @@ class StepState:
     @property
     def name(self) -> str:
         return f"{self.step.name}:compensate" if self.undoes else self.step.name
+
+    @property
+    def output(self) -> Any:
+        """The output decoded from its stored JSON, so a live consumer receives exactly what one
+        resumed a day later would; decoded when first needed."""
+        if self.undecoded is not None:
+            self.decoded, self.undecoded = decode(self.undecoded), None
+        return self.decoded
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self.decoded, self.undecoded = value, None
 
     @property
     def item_or_none(self) -> str | None:
@@ -245,7 +258,7 @@ class RunExecutor:
             finished_at=row.finished_at,
             error=row.error,
             next_attempt_at=row.next_attempt_at,
-            output=row.output if row.state == "succeeded" else None,
+            decoded=row.output if row.state == "succeeded" else None,
             overrides=row.overrides,
             feedback=row.feedback,
         )
@@ -312,9 +325,8 @@ class RunExecutor:
 
     async def _commit(self, change: Change) -> None:
         writer = self.runtime.writer
-        if len(self.runtime.executors) == 1 and writer.commit_now(change) is not None:
-            return  # alone in this process: nothing to group with (see Writer.commit_now)
-        await asyncio.wrap_future(writer.submit(change))
+        if len(self.runtime.executors) > 1 or writer.commit_now(change) is None:
+            await asyncio.wrap_future(writer.submit(change))  # alone in this process: nothing to group with
 
     def _recover(self, change: Change) -> None:
         """Bring a stored run to a state the loop can continue from."""
@@ -685,7 +697,7 @@ class RunExecutor:
             except OutputNotSerializable as exc:
                 error = exc
             else:
-                self._succeed(st, change, text)
+                self._succeed(st, change, text, result)
                 return
         if isinstance(error, StepInterrupted) or (self._interrupted and isinstance(error, asyncio.CancelledError)):
             if self.request in CANCEL_REQUESTS and st.undoes is None:
@@ -716,13 +728,18 @@ class RunExecutor:
             return
         self._fail(st, change, message)
 
-    def _succeed(self, st: StepState, change: Change, text: str, cached_from: dict[str, Any] | None = None) -> None:
-        st.output = json.loads(text)
+    def _succeed(
+        self, st: StepState, change: Change, text: str, value: Any = None, cached_from: dict[str, Any] | None = None
+    ) -> None:
+        """`value` is what the step returned (None when reused from the cache): enough for the
+        one-line summary, while consumers get the stored JSON decoded."""
+        st.undecoded = text
         st.lc.send("succeed")
         st.finished_at = utcnow()
         self._record_attempt(st, change, "succeeded", output=text, cached_from=cached_from)
         change.steps.append(st.row())
-        data: dict[str, Any] = {"duration_s": round(time.monotonic() - st.began, 4), "summary": summarize(st.output)}
+        shown = st.output if cached_from is not None else value
+        data: dict[str, Any] = {"duration_s": round(time.monotonic() - st.began, 4), "summary": summarize(shown)}
         if st.ctx is not None and st.ctx.usage:
             data["usage"] = summarize_usage(st.ctx.usage)
         change.events.append(st.event("step_succeeded", **data))

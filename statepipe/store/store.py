@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from statepipe.errors import ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
@@ -29,6 +30,7 @@ from statepipe.store.records import (
 )
 
 SCHEMA_VERSION = 2
+BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 LEASE_LOST_SQLSTATE = "SP001"
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
@@ -392,9 +394,16 @@ class Store:
     def _commit_changes(
         self, conn: psycopg.Connection[Any], changes: Sequence[Change], by_run: Sequence[Sequence[int]]
     ) -> psycopg.Cursor[Any]:
-        """Send a batch to statepipe.commit_changes as one JSON document; the result (each run's
-        last seq, in the order of `by_run`) is read from the returned cursor."""
-        return conn.cursor().execute("SELECT statepipe.commit_changes(%s::jsonb)", (_document(changes, by_run),))
+        """Send a batch to statepipe.commit_changes as one JSON document, big outputs as
+        parameters of their own; the result (each run's last seq, in the order of `by_run`) is
+        read from the returned cursor."""
+        doc, big = _document(changes, by_run)
+        if not big:
+            return conn.cursor().execute("SELECT statepipe.commit_changes(%s::jsonb)", (doc,))
+        query = sql.SQL("SELECT statepipe.commit_changes(%s::jsonb, VARIADIC ARRAY[{}])").format(
+            sql.SQL(", ").join([sql.SQL("%s::jsonb")] * len(big))
+        )
+        return conn.cursor().execute(query, (doc, *big))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -419,16 +428,25 @@ class Store:
             raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
 
 
-def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> str:
-    """The JSON document statepipe.commit_changes reads (see schema.sql). Outputs and usage are
-    already JSON text: they are spliced in as values, not encoded again as strings."""
+def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> tuple[str, list[str]]:
+    """The JSON document statepipe.commit_changes reads (see schema.sql), and the big outputs
+    that go beside it. Outputs and usage are already JSON text: small ones are spliced into the
+    document as values, not encoded again as strings; a big one is a parameter of its own, since
+    taking a megabyte back out of the document costs the server more than parsing it."""
     values: list[str] = []
+    big: list[str] = []
 
     def value(text: str | None) -> int | None:
         if text is None:
             return None
         values.append(text)
         return len(values) - 1
+
+    def output(text: str | None) -> dict[str, int | None]:
+        if text is not None and len(text) > BIG_VALUE:
+            big.append(text)
+            return {"o": None, "ob": len(big)}
+        return {"o": value(text)}
 
     runs, events = [], []
     for b, idx in enumerate(by_run, 1):
@@ -449,13 +467,13 @@ def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> str
             {
                 "run_id": ch.run_id, "step": a.step, "item": a.item, "number": a.number, "state": a.state,
                 "started_at": a.started_at, "finished_at": a.finished_at, "error": a.error,
-                "o": value(a.output), "u": value(a.usage), "cache_key": a.cache_key, "cached_from": a.cached_from,
+                **output(a.output), "u": value(a.usage), "cache_key": a.cache_key, "cached_from": a.cached_from,
             }
             for ch in changes for a in ch.attempts
         ],
     }
     head = json.dumps({k: v for k, v in body.items() if v}, default=str, separators=(",", ":"))
-    return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}"
+    return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
 
 
 def _fetch_lasts(cur: psycopg.Cursor[Any]) -> list[int]:
