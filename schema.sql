@@ -120,24 +120,22 @@ DECLARE
     counts integer[] := '{}';
     lasts bigint[] := '{}';
     v_id text;
-    v_n integer;
-    v_last bigint;
     w jsonb;
 BEGIN
-    FOR i IN 0 .. jsonb_array_length(p->'runs') - 1 LOOP
-        v_id := p->'runs'->i->>'id';
-        v_n := (p->'runs'->i->>'n')::integer;
-        UPDATE statepipe.runs SET last_seq = last_seq + v_n, updated_at = now()
-         WHERE id = v_id AND fencing_token = (p->'runs'->i->>'fence')::bigint
-        RETURNING last_seq INTO v_last;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'lease lost on run %', v_id USING ERRCODE = 'SP001';
-        END IF;
-        ids := ids || v_id;
-        counts := counts || v_n;
-        lasts := lasts || v_last;
-        PERFORM pg_notify('statepipe_' || replace(v_id, '-', ''), v_last::text);
-    END LOOP;
+    WITH bumped AS (
+        UPDATE statepipe.runs r SET last_seq = r.last_seq + x.n, updated_at = now()
+          FROM ROWS FROM (jsonb_to_recordset(p->'runs') AS (id text, fence bigint, n integer))
+               WITH ORDINALITY AS x(id, fence, n, ord)
+         WHERE r.id = x.id AND r.fencing_token = x.fence
+        RETURNING x.ord, r.id, x.n, r.last_seq)
+    SELECT coalesce(array_agg(b.id ORDER BY b.ord), '{}'), coalesce(array_agg(b.n ORDER BY b.ord), '{}'),
+           coalesce(array_agg(b.last_seq ORDER BY b.ord), '{}')
+      INTO ids, counts, lasts FROM bumped b;
+    IF cardinality(ids) < jsonb_array_length(p->'runs') THEN
+        SELECT x.id INTO v_id FROM jsonb_to_recordset(p->'runs') AS x(id text) WHERE x.id <> ALL (ids) LIMIT 1;
+        RAISE EXCEPTION 'lease lost on run %', v_id USING ERRCODE = 'SP001';
+    END IF;
+    PERFORM pg_notify('statepipe_' || replace(t.id, '-', ''), t.last::text) FROM unnest(ids, lasts) AS t(id, last);
     IF p ? 'events' THEN
         INSERT INTO statepipe.events (run_id, seq, ts, type, step, item, attempt, data)
         SELECT ids[e.b], lasts[e.b] - counts[e.b] + e.pos, e.ts, e.type, e.step, e.item, e.attempt,

@@ -96,7 +96,7 @@ def submit_and_wait(runtime: Runtime, loaded: Loaded, first_k: int, runs: int) -
     start = time.perf_counter()
     ids = runtime.create_runs(loaded, inputs, detach=True, batch_id=batch_id, batch_indices=list(range(runs)))
     while sum(n for state, n in store.batch_counts(batch_id).items() if state in FINISHED) < runs:
-        time.sleep(0.002)
+        time.sleep(0.005)
     results = store.results(ids)
     elapsed = time.perf_counter() - start
     rows = store.batch_runs(batch_id)

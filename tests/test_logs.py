@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+
+import pytest
 from typing import Any
 
 from conftest import EventReader, is_event, workflow_path
@@ -184,3 +186,46 @@ def test_follow_reconnecting_mid_run_misses_nothing_and_repeats_nothing(spawn, s
     assert [e["seq"] for e in combined] == list(range(1, store.get_run(run_id).last_seq + 1))
     assert _comparable(combined) == _stored(store, run_id)
     assert combined[-1]["type"] == "run_succeeded"
+
+
+# -- event files -----------------------------------------------------------------------------
+
+
+def _open_files_under(folder: Any) -> list[str]:
+    import os
+
+    fds = "/proc/self/fd"
+    if not os.path.isdir(fds):
+        pytest.skip("needs /proc to list open files")
+    out = []
+    for fd in os.listdir(fds):
+        try:
+            target = os.readlink(f"{fds}/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            out.append(target)
+    return out
+
+
+def test_event_files_of_runs_that_ended_are_closed_so_a_long_lived_worker_holds_none(store, tmp_path):
+    import asyncio
+
+    from statepipe.views.jsonl import EventFiles
+
+    runtime = Runtime(store)
+    files = EventFiles(tmp_path, store)
+    runtime.listen(files.write)
+    loaded = load(workflow_path("echo"))
+    try:
+        ids = runtime.create_runs(loaded, [{"n": i} for i in range(12)], detach=True)
+        finished = asyncio.run(runtime.work(4, until_idle=True))
+        assert finished == 12
+        assert _open_files_under(tmp_path) == []
+        for run_id in ids:  # and every file is complete all the same
+            lines = _jsonl((tmp_path / f"{run_id}.jsonl").read_text())
+            assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+            assert lines[-1]["type"] == "run_succeeded"
+    finally:
+        files.close()
+        runtime.close()

@@ -50,11 +50,12 @@ class Runtime:
         self.finished: list[Callable[[Outcome], None]] = []  # called when a run ends
         self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runnable = threading.Event()
+        self._runnable: asyncio.Event | None = None  # set (on the loop) when a run may be claimable
         self._closing = threading.Event()
         self._control: threading.Thread | None = None
         self._stopping = False
         self._skip: set[str] = set()  # runs this process failed to load: another worker may succeed
+        self._definitions: dict[tuple[str, str], Loaded] = {}  # (ref, name) -> loaded and validated once
 
     def listen(self, fn: Listener) -> None:
         self.writer.add_listener(fn)
@@ -152,7 +153,7 @@ class Runtime:
         try:
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
-            wf = (loaded or _load_for(snap.run.workflow_ref, snap.run.workflow)).workflow
+            wf = (loaded or self._load_for(snap.run)).workflow
             rerun = self._code_changes(snap, wf, rerun, strict)
             if rerun is not None:
                 rerun.check(wf, snap)
@@ -196,7 +197,7 @@ class Runtime:
         """A new run that starts with the source's outputs upstream of `from_steps` (all of its
         completed steps when none are named) and runs the rest; the source is not touched."""
         snap = self.store.snapshot(source)
-        wf = (loaded or _load_for(snap.run.workflow_ref, snap.run.workflow)).workflow
+        wf = (loaded or self._load_for(snap.run)).workflow
         for name in from_steps:
             if name not in wf:
                 raise InputError(f"workflow {wf.name} has no step {name!r}")
@@ -232,9 +233,11 @@ class Runtime:
         """Claim and execute runs nobody holds until stopped (or, `until_idle`, until none is
         left); returns how many runs this worker finished."""
         self._ensure_control()
+        self._runnable = runnable = asyncio.Event()
         active: set[asyncio.Task[Outcome]] = set()
         finished = 0
         while not self._stopping:
+            runnable.clear()  # before claiming: a run released meanwhile sets it again
             free = concurrency - len(active)
             claimed: list[tuple[str, int]] = []
             if free > 0:
@@ -249,11 +252,12 @@ class Runtime:
                 active.add(asyncio.create_task(self._execute_claimed(run_id, fence), name=run_id))
             if until_idle and not active and not claimed:
                 break
-            self._runnable.clear()
             waiters: set[asyncio.Future[Any]] = set(active)
-            if len(active) < concurrency:
-                waiters.add(asyncio.ensure_future(asyncio.to_thread(self._runnable.wait, poll)))
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if len(active) < concurrency:  # room for more: also wake on a notice, or poll
+                waiters.add(asyncio.create_task(_until(runnable, poll)))
+            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending - active:
+                task.cancel()
             for task in done & active:
                 active.discard(task)  # type: ignore[arg-type]
                 if not task.cancelled() and task.exception() is None and task.result().state in FINISHED:
@@ -275,9 +279,9 @@ class Runtime:
     def _ensure_control(self) -> None:
         """One LISTEN connection per process carries pause/cancel requests to our executors and
         wakes idle workers when a run becomes claimable."""
+        self._loop = asyncio.get_running_loop()  # the loop of the latest execute()/work()
         if self._control is not None:
             return
-        self._loop = asyncio.get_running_loop()
         self._control = threading.Thread(target=self._listen_control, name="statepipe-control", daemon=True)
         self._control.start()
 
@@ -294,7 +298,7 @@ class Runtime:
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == RUNNABLE_CHANNEL:
-            self._runnable.set()
+            self._wake_workers()
             return
         run_id, _, kind = payload.partition(":")
         executor = self.executors.get(run_id)
@@ -304,9 +308,29 @@ class Runtime:
     def stop(self) -> None:
         """Drain: claim nothing more, start no new step; running steps finish."""
         self._stopping = True
-        self._runnable.set()
+        self._wake_workers()
         for ex in list(self.executors.values()):
             ex.stop()
+
+    def _load_for(self, run: RunRow) -> Loaded:
+        """The definition a run was started from (by name when that file is not on this
+        machine), loaded once per process: a worker runs thousands of runs of a few workflows,
+        and a module, once imported, is not imported again anyway."""
+        key = (run.workflow_ref, run.workflow)
+        if key not in self._definitions:
+            try:
+                self._definitions[key] = load_ref(run.workflow_ref)
+            except NotFoundError:
+                self._definitions[key] = load(run.workflow)
+        return self._definitions[key]
+
+    def _wake_workers(self) -> None:
+        """Wake `work()` from any thread (the control listener, a signal handler)."""
+        if self._loop is not None and self._runnable is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._runnable.set)
+            except RuntimeError:  # the loop has closed: nobody is waiting
+                pass
 
     def interrupt(self) -> None:
         for ex in list(self.executors.values()):
@@ -318,9 +342,10 @@ class Runtime:
         self.store.pool.close()
 
 
-def _load_for(ref: str, name: str) -> Loaded:
-    """The definition a run was started from; by name when that file is not on this machine."""
+async def _until(event: asyncio.Event, timeout: float) -> None:
     try:
-        return load_ref(ref)
-    except NotFoundError:
-        return load(name)
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+

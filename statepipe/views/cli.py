@@ -682,7 +682,8 @@ def worker(
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     runtime.finished.append(ResultWriter(out_dir))
-    runtime.finished.append(lambda outcome: err.print(f"{outcome.run_id} {outcome.state}"))
+    # plain lines: a busy worker prints hundreds a second, and they are meant for logs and grep
+    runtime.finished.append(lambda outcome: print(f"{outcome.run_id} {outcome.state}", file=sys.stderr, flush=True))
     names = [w.strip() for w in workflows.split(",") if w.strip()] if workflows else None
     err.print(f"worker {runtime.owner}: up to {concurrency} runs" + (f" of {', '.join(names)}" if names else ""))
 

@@ -16,6 +16,7 @@ from statepipe.store.records import Event, RunRow
 from statepipe.store.store import Store
 
 TERMINAL_EVENTS = {"run_succeeded": "succeeded", "run_failed": "failed", "run_cancelled": "cancelled"}
+RESTING_EVENTS = {*TERMINAL_EVENTS, "run_paused"}  # after these this process writes no more for the run
 
 
 def event_line(event: Event) -> str:
@@ -47,16 +48,20 @@ def _last_seq(path: Path) -> int:
 
 
 class EventFiles:
-    """Appends each committed event to <output_dir>/<run_id>.jsonl."""
+    """Appends each committed event to <output_dir>/<run_id>.jsonl. A run's file is closed when
+    the run comes to rest, so a worker that runs for weeks holds only its live runs' files."""
 
     def __init__(self, output_dir: Path, store: Store) -> None:
         self.dir = output_dir
         self.store = store
         self._files: dict[str, tuple[IO[str], int]] = {}
         self._lock = threading.Lock()
+        self._made_dir = False
 
     def _open(self, run_id: str) -> tuple[IO[str], int]:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._made_dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._made_dir = True
         path = self.dir / f"{run_id}.jsonl"
         last = _last_seq(path)
         fh = path.open("a", encoding="utf-8")
@@ -65,6 +70,7 @@ class EventFiles:
     def write(self, events: list[Event]) -> None:
         with self._lock:
             touched: set[str] = set()
+            resting: set[str] = set()
             for e in events:
                 if e.run_id not in self._files:
                     self._files[e.run_id] = self._open(e.run_id)
@@ -77,8 +83,12 @@ class EventFiles:
                 fh.write(event_line(e) + "\n")
                 self._files[e.run_id] = (fh, e.seq)
                 touched.add(e.run_id)
+                if e.type in RESTING_EVENTS:
+                    resting.add(e.run_id)
             for run_id in touched:
                 self._files[run_id][0].flush()
+            for run_id in resting:  # reopened (and checked against the store) if it wakes up here
+                self._files.pop(run_id)[0].close()
 
     def close(self) -> None:
         with self._lock:
@@ -124,7 +134,6 @@ def result_record(run: RunRow, result: Any) -> dict[str, Any]:
 def append_result(output_dir: Path, record: dict[str, Any]) -> None:
     """One line per finished run in <output_dir>/results.jsonl; a single write keeps lines whole
     when several processes append."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode()
     with (output_dir / "results.jsonl").open("ab") as fh:
         fh.write(line)
@@ -135,7 +144,11 @@ class ResultWriter:
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
+        self._made_dir = False
 
     def __call__(self, outcome: Outcome) -> None:
         assert outcome.run is not None
+        if not self._made_dir:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._made_dir = True
         append_result(self.output_dir, result_record(outcome.run, outcome.result))
