@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS statepipe.events (
 
 -- The engine's one write: a batch of changes to any number of runs, in the caller's statement
 -- (so in one transaction). `p` holds:
+--   new_runs:   runs to create first, pending with fence 1 (input: i, or ib for a big one);
+--               an unowned one wakes the workers
 --   runs:       [{id, fence, n}]  each run's fencing token and how many events it appends
 --   events:     [{b, pos, ts, type, step, item, attempt, data}]  b: 1-based index into runs
 --   run_writes: [{id, state, started_at, finished_at, error, clear_request, release, input,
@@ -109,7 +111,7 @@ CREATE TABLE IF NOT EXISTS statepipe.events (
 --   (a part with nothing to write is left out)
 --   values:     JSON values the attempts point at by index (o: output, u: usage), spliced in
 --               by the client so no output is escaped twice
--- `big` holds the outputs too long to splice (attempts point at them with ob, 1-based): taking
+-- `big` holds the values too long to splice (pointed at with ob or ib, 1-based): taking
 -- a megabyte back out of `p` would re-encode it, which costs about what parsing it did.
 -- A stale owner (token moved on) gets SQLSTATE SP001 and the whole transaction rolls back, so
 -- nothing it wrote is kept. Returns each run's last seq, in the order of `runs`.
@@ -122,6 +124,20 @@ DECLARE
     v_id text;
     w jsonb;
 BEGIN
+    IF p ? 'new_runs' THEN
+        INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at, fencing_token,
+                                    batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from)
+        SELECT n.id, n.workflow, n.workflow_ref, 'pending', coalesce(big[n.ib], p->'values'->n.i), n.owner,
+               CASE WHEN n.owner IS NULL THEN NULL ELSE now() + make_interval(secs => n.lease_s) END, 1,
+               n.batch_id, n.batch_index, n.dry_run, n.no_cache, n.fingerprint, n.forked_from
+          FROM jsonb_to_recordset(p->'new_runs')
+               AS n(id text, workflow text, workflow_ref text, i integer, ib integer, owner text, lease_s float8,
+                    batch_id text, batch_index integer, dry_run boolean, no_cache boolean, fingerprint jsonb,
+                    forked_from text);
+        IF jsonb_path_exists(p->'new_runs', '$[*] ? (@.owner == null)') THEN
+            PERFORM pg_notify('statepipe_runnable', p->'new_runs'->0->>'id');  -- store.RUNNABLE_CHANNEL
+        END IF;
+    END IF;
     WITH bumped AS (
         UPDATE statepipe.runs r SET last_seq = r.last_seq + x.n, updated_at = now()
           FROM ROWS FROM (jsonb_to_recordset(p->'runs') AS (id text, fence bigint, n integer))

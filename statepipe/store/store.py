@@ -85,29 +85,8 @@ class Store:
         """Record pending runs in one transaction. An owned run is claimed from its first instant
         (fence 1) so no worker grabs it; an unowned one wakes the workers."""
         with self._tx() as conn:
-            with conn.pipeline(), conn.transaction():
-                conn.execute(
-                    "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at,"
-                    "  fencing_token, batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from)"
-                    " SELECT u.id, u.workflow, u.ref, 'pending', u.input::jsonb, u.owner,"
-                    "  CASE WHEN u.owner IS NULL THEN NULL ELSE now() + %s END, 1, u.batch_id, u.batch_index, u.dry_run,"
-                    "  u.no_cache, u.fingerprint::jsonb, u.forked_from"
-                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[],"
-                    "  %s::boolean[], %s::boolean[], %s::text[], %s::text[])"
-                    "  AS u(id, workflow, ref, input, owner, batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from)",
-                    (
-                        timedelta(seconds=ttl),
-                        [r.id for r in runs], [r.workflow for r in runs], [r.workflow_ref for r in runs],
-                        [r.input_json for r in runs], [r.owner for r in runs], [r.batch_id for r in runs],
-                        [r.batch_index for r in runs], [r.dry_run for r in runs], [r.no_cache for r in runs],
-                        [json.dumps(r.fingerprint) for r in runs], [r.forked_from for r in runs],
-                    ),
-                )
-                cur = self._commit_changes(
-                    conn, [Change(r.id, 1, [r.event], new_steps=r.steps) for r in runs], [[i] for i in range(len(runs))]
-                )
-                if any(r.owner is None for r in runs):
-                    conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, runs[0].id))
+            changes = [Change(r.id, 1, [r.event], new_steps=r.steps) for r in runs]
+            cur = self._commit_changes(conn, changes, [[i] for i in range(len(runs))], created=runs, lease_s=ttl)
             seqs = _fetch_lasts(cur)
         return [_event(r.id, seq, r.event) for r, seq in zip(runs, seqs)]
 
@@ -392,12 +371,17 @@ class Store:
         return out
 
     def _commit_changes(
-        self, conn: psycopg.Connection[Any], changes: Sequence[Change], by_run: Sequence[Sequence[int]]
+        self,
+        conn: psycopg.Connection[Any],
+        changes: Sequence[Change],
+        by_run: Sequence[Sequence[int]],
+        created: Sequence[NewRun] = (),
+        lease_s: float = 0.0,
     ) -> psycopg.Cursor[Any]:
-        """Send a batch to statepipe.commit_changes as one JSON document, big outputs as
-        parameters of their own; the result (each run's last seq, in the order of `by_run`) is
-        read from the returned cursor."""
-        doc, big = _document(changes, by_run)
+        """Send a batch (and the runs it creates) to statepipe.commit_changes as one JSON
+        document, big values as parameters of their own; the result (each run's last seq, in the
+        order of `by_run`) is read from the returned cursor."""
+        doc, big = _document(changes, by_run, created, lease_s)
         if not big:
             return conn.cursor().execute("SELECT statepipe.commit_changes(%s::jsonb)", (doc,))
         query = sql.SQL("SELECT statepipe.commit_changes(%s::jsonb, VARIADIC ARRAY[{}])").format(
@@ -428,11 +412,13 @@ class Store:
             raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
 
 
-def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> tuple[str, list[str]]:
-    """The JSON document statepipe.commit_changes reads (see schema.sql), and the big outputs
-    that go beside it. Outputs and usage are already JSON text: small ones are spliced into the
-    document as values, not encoded again as strings; a big one is a parameter of its own, since
-    taking a megabyte back out of the document costs the server more than parsing it."""
+def _document(
+    changes: Sequence[Change], by_run: Sequence[Sequence[int]], created: Sequence[NewRun] = (), lease_s: float = 0.0
+) -> tuple[str, list[str]]:
+    """The JSON document statepipe.commit_changes reads (see schema.sql), and the big values
+    that go beside it. Inputs, outputs and usage are already JSON text: small ones are spliced
+    into the document as values, not encoded again as strings; a big one is a parameter of its
+    own, since taking a megabyte back out of the document costs the server more than parsing it."""
     values: list[str] = []
     big: list[str] = []
 
@@ -442,11 +428,11 @@ def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> tup
         values.append(text)
         return len(values) - 1
 
-    def output(text: str | None) -> dict[str, int | None]:
+    def spliced_or_big(text: str | None, key: str) -> dict[str, int | None]:
         if text is not None and len(text) > BIG_VALUE:
             big.append(text)
-            return {"o": None, "ob": len(big)}
-        return {"o": value(text)}
+            return {key: None, key + "b": len(big)}
+        return {key: value(text)}
 
     runs, events = [], []
     for b, idx in enumerate(by_run, 1):
@@ -458,6 +444,14 @@ def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> tup
         ]
     latest = {(ch.run_id, s.name, s.item): (ch.run_id, s) for ch in changes for s in ch.steps}  # last write wins
     body = {
+        "new_runs": [
+            {
+                "id": r.id, "workflow": r.workflow, "workflow_ref": r.workflow_ref, **spliced_or_big(r.input_json, "i"),
+                "owner": r.owner, "lease_s": lease_s, "batch_id": r.batch_id, "batch_index": r.batch_index,
+                "dry_run": r.dry_run, "no_cache": r.no_cache, "fingerprint": r.fingerprint, "forked_from": r.forked_from,
+            }
+            for r in created
+        ],
         "runs": runs,
         "events": events,
         "run_writes": [{"id": ch.run_id, **vars(ch.run)} for ch in changes if ch.run is not None],
@@ -467,7 +461,7 @@ def _document(changes: Sequence[Change], by_run: Sequence[Sequence[int]]) -> tup
             {
                 "run_id": ch.run_id, "step": a.step, "item": a.item, "number": a.number, "state": a.state,
                 "started_at": a.started_at, "finished_at": a.finished_at, "error": a.error,
-                **output(a.output), "u": value(a.usage), "cache_key": a.cache_key, "cached_from": a.cached_from,
+                **spliced_or_big(a.output, "o"), "u": value(a.usage), "cache_key": a.cache_key, "cached_from": a.cached_from,
             }
             for ch in changes for a in ch.attempts
         ],
