@@ -9,10 +9,14 @@ from typing import Any
 
 from statepipe.errors import OutputNotSerializable
 
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_SHOWN = json.JSONEncoder(default=str, ensure_ascii=False).encode
+
 
 def encode(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return _STORED(value)
     except (TypeError, ValueError) as exc:
         raise OutputNotSerializable(
             f"{what} returned {type(value).__name__}, which cannot be stored as JSON ({exc}); "
@@ -48,7 +52,7 @@ def _brief(value: Any, width: int) -> str:
     if isinstance(value, dict):
         parts = []
         for key, inner in list(value.items())[:12]:
-            shown = _brief(inner, 24) if isinstance(inner, (list, dict)) else json.dumps(inner, default=str, ensure_ascii=False)
+            shown = _brief(inner, 24) if isinstance(inner, (list, dict)) else _SHOWN(inner)
             parts.append(f"{key}: {shown if len(shown) <= 24 else shown[:23] + '…'}")
             if sum(len(p) + 2 for p in parts) > width:
                 break

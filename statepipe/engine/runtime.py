@@ -6,6 +6,7 @@ whatever runs nobody holds, many at a time)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -115,12 +116,10 @@ class Runtime:
         if owner is not None:
             now = utcnow()
             for r in runs:  # what a snapshot would read back, kept so execute() need not read it
-                self._fresh[r.id] = RunSnapshot(
+                self._fresh[r.id] = _untouched(
                     RunRow(r.id, r.workflow, r.workflow_ref, "pending", json.loads(r.input_json), None, now, None, None,
-                           now, 1, owner, None, 1, dry_run=dry_run, no_cache=no_cache, fingerprint=fingerprint,
-                           steps_total=len(r.steps)),
-                    [StepRow(st.name, "", None, st.fanout, None, "pending", st.depends_on, 0, None, None, None, None)
-                     for st in r.steps],
+                           now, 1, owner, None, 1, dry_run=dry_run, no_cache=no_cache, fingerprint=fingerprint),
+                    wf,
                 )
         self.writer.dispatch(created)
         return [r.id for r in runs]
@@ -135,8 +134,10 @@ class Runtime:
         *,
         rerun: RerunPlan | None = None,
         strict: bool = False,
+        claimed: RunRow | None = None,
     ) -> Outcome:
         """Claim the run (refusing a live owner), execute it to an end, release the lease.
+        `claimed`: the row as `work()` just claimed it (with `fence`).
 
         Steps whose code changed since the run recorded it are run again with their
         descendants, unless `strict`, which refuses instead."""
@@ -151,6 +152,8 @@ class Runtime:
         state, result, final = "interrupted", None, None
         lost = False
         try:
+            if snap is None and claimed is not None and _is_untouched(claimed, self._load_for(claimed).workflow):
+                snap = _untouched(claimed, self._load_for(claimed).workflow)
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
             wf = (loaded or self._load_for(snap.run)).workflow
@@ -239,7 +242,7 @@ class Runtime:
         while not self._stopping:
             runnable.clear()  # before claiming: a run released meanwhile sets it again
             free = concurrency - len(active)
-            claimed: list[tuple[str, int]] = []
+            claimed: list[RunRow] = []
             if free > 0:
                 try:
                     claimed = await asyncio.to_thread(
@@ -248,8 +251,8 @@ class Runtime:
                     )
                 except DatabaseUnavailable as exc:
                     log.warning("cannot claim runs: %s", exc)
-            for run_id, fence in claimed:
-                active.add(asyncio.create_task(self._execute_claimed(run_id, fence), name=run_id))
+            for row in claimed:
+                active.add(asyncio.create_task(self._execute_claimed(row), name=row.id))
             if until_idle and not active and not claimed:
                 break
             waiters: set[asyncio.Future[Any]] = set(active)
@@ -266,13 +269,13 @@ class Runtime:
             await asyncio.wait(active)
         return finished
 
-    async def _execute_claimed(self, run_id: str, fence: int) -> Outcome:
+    async def _execute_claimed(self, row: RunRow) -> Outcome:
         try:
-            return await self.execute(run_id, fence=fence)
+            return await self.execute(row.id, fence=row.fencing_token, claimed=row)
         except StatepipeError as exc:  # one run we cannot execute (its code is missing here) must not stop a worker
-            log.error("run %s: %s; leaving it to other workers", run_id, exc)
-            self._skip.add(run_id)
-            return Outcome(run_id, "error")
+            log.error("run %s: %s; leaving it to other workers", row.id, exc)
+            self._skip.add(row.id)
+            return Outcome(row.id, "error")
 
     # -- control ----------------------------------------------------------------------------
 
@@ -340,6 +343,20 @@ class Runtime:
         self._closing.set()
         self.writer.close()
         self.store.pool.close()
+
+
+def _is_untouched(run: RunRow, wf: Workflow) -> bool:
+    """Nothing has happened to the run since it was created, so its rows are exactly what
+    create_runs wrote for this definition: every change of state comes with an event, and the
+    only event is run_created (a fork copies rows, hence not forked); same fingerprints, same steps."""
+    return run.state == "pending" and run.last_seq == 1 and run.forked_from is None and run.fingerprint == wf.fingerprint()
+
+
+def _untouched(run: RunRow, wf: Workflow) -> RunSnapshot:
+    """The snapshot of a run nothing has happened to, built without reading it back."""
+    steps = [StepRow(s.name, "", None, s.map_over is not None, None, "pending", list(s.depends_on), 0, None, None, None, None)
+             for s in wf.steps]
+    return RunSnapshot(dataclasses.replace(run, steps_total=len(steps)), steps)
 
 
 async def _until(event: asyncio.Event, timeout: float) -> None:

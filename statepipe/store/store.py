@@ -31,6 +31,7 @@ from statepipe.store.records import (
 
 SCHEMA_VERSION = 2
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
+_DOCUMENT = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per commit
 LEASE_LOST_SQLSTATE = "SP001"
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
@@ -288,11 +289,12 @@ class Store:
         workflows: Sequence[str] | None = None,
         batch_id: str | None = None,
         skip: Sequence[str] = (),
-    ) -> list[tuple[str, int]]:
+    ) -> list[RunRow]:
         """Claim up to `limit` runs nobody holds (new, released, or whose owner's lease ran out),
-        oldest first; concurrent workers skip each other's rows instead of waiting."""
+        oldest first; concurrent workers skip each other's rows instead of waiting. Returns the
+        claimed rows as they now are (their fencing token is the claim's)."""
         with self._tx() as conn, conn.transaction():
-            rows = conn.execute(
+            rows = conn.cursor(row_factory=dict_row).execute(
                 "WITH c AS (SELECT id FROM statepipe.runs"
                 "  WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry'))"
                 "    AND (owner IS NULL OR lease_expires_at < now())"
@@ -302,7 +304,7 @@ class Store:
                 "  ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
                 " UPDATE statepipe.runs r SET owner = %(owner)s, lease_expires_at = now() + %(ttl)s,"
                 "  fencing_token = r.fencing_token + 1"
-                " FROM c WHERE r.id = c.id RETURNING r.id, r.fencing_token",
+                " FROM c WHERE r.id = c.id RETURNING r.*",
                 {
                     "workflows": list(workflows) if workflows else None,
                     "batch": batch_id,
@@ -312,7 +314,7 @@ class Store:
                     "ttl": timedelta(seconds=ttl),
                 },
             ).fetchall()
-        return [(str(r[0]), int(r[1])) for r in rows]
+        return [RunRow(**r) for r in rows]
 
     def heartbeat(self, run_id: str, fence: int, ttl: float) -> tuple[bool, str | None]:
         """Extend the lease; returns whether we still own the run, and any pending request."""
@@ -466,7 +468,7 @@ def _document(
             for ch in changes for a in ch.attempts
         ],
     }
-    head = json.dumps({k: v for k, v in body.items() if v}, default=str, separators=(",", ":"))
+    head = _DOCUMENT({k: v for k, v in body.items() if v})
     return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
 
 

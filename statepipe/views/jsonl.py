@@ -19,8 +19,11 @@ TERMINAL_EVENTS = {"run_succeeded": "succeeded", "run_failed": "failed", "run_ca
 RESTING_EVENTS = {*TERMINAL_EVENTS, "run_paused"}  # after these this process writes no more for the run
 
 
+_LINE = json.JSONEncoder(default=str, ensure_ascii=False).encode  # built once, not per line
+
+
 def event_line(event: Event) -> str:
-    return json.dumps(event.as_json(), default=str, ensure_ascii=False)
+    return _LINE(event.as_json())
 
 
 def _last_seq(path: Path) -> int:
