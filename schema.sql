@@ -115,8 +115,12 @@ CREATE TABLE IF NOT EXISTS statepipe.events (
 -- a megabyte back out of `p` would re-encode it, which costs about what parsing it did.
 -- A stale owner (token moved on) gets SQLSTATE SP001 and the whole transaction rolls back, so
 -- nothing it wrote is kept. Returns each run's last seq, in the order of `runs`.
+-- The planner takes every jsonb_to_recordset for 100 rows, and for a table of a few thousand rows
+-- would rather hash it whole than look 100 keys up; a batch names a handful of rows, so the plans
+-- below are held to index lookups (a seq scan of steps on every commit grew with the database).
 CREATE OR REPLACE FUNCTION statepipe.commit_changes(p jsonb, VARIADIC big jsonb[] DEFAULT '{}')
-RETURNS bigint[] LANGUAGE plpgsql AS $$
+RETURNS bigint[] LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     ids text[] := '{}';
     counts integer[] := '{}';

@@ -62,9 +62,7 @@ def open_store(url: str | None, *, max_size: int = 4, timeout: float = 30.0) -> 
         max_size=max_size,
         open=True,
         timeout=timeout,
-        # every statement here is a key lookup or a set write: prepare it at once and plan it
-        # once (re-planning the unnest joins cost more than running them)
-        kwargs={"autocommit": True, "prepare_threshold": 0, "options": "-c plan_cache_mode=force_generic_plan"},
+        kwargs={"autocommit": True, "prepare_threshold": 0},  # the same few statements, again and again
         name="statepipe",
     )
     return Store(pool)

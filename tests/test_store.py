@@ -1,0 +1,86 @@
+"""The store's write path: one statement per batch, and its cost independent of the database's size."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from statepipe.store.database import SingleConnection
+from statepipe.store.records import AttemptWrite, Change, NewEvent, NewRun, NewStepRow, StepRowWrite, utcnow
+from statepipe.store.store import Store
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c
+
+
+def _runs(store: Store, count: int, steps: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    store.create_runs([
+        NewRun(run_id, "w", "w.py:wf", "{}", [NewStepRow(f"s{i}", "", None, "pending", [], position=i) for i in range(steps)],
+               NewEvent("run_created"), owner="me")
+        for run_id in ids
+    ], ttl=60)
+    return ids
+
+
+def _step_done(run_id: str, i: int, output: str) -> Change:
+    now = utcnow()
+    return Change(
+        run_id, 1, [NewEvent("step_succeeded", f"s{i}", None, 1), NewEvent("step_started", f"s{i + 1}", None, 1)],
+        steps=[StepRowWrite(f"s{i}", "", "succeeded", 1, now, now, None), StepRowWrite(f"s{i + 1}", "", "running", 1, now, None, None)],
+        attempts=[AttemptWrite(f"s{i}", "", 1, "succeeded", now, now, None, output)],
+    )
+
+
+def _seq_scans(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE schemaname = 'statepipe'").fetchall()
+    return {name: int(n) for name, n in rows}
+
+
+def test_a_commit_finds_its_rows_by_key_however_big_the_tables_grow(conn):
+    if conn.info.server_version < 150000:
+        pytest.skip("pg_stat_force_next_flush() needs PostgreSQL 15")
+    store = Store(SingleConnection(conn))
+    ids = _runs(store, 400, 10)  # enough rows that scanning them would look cheap to the planner
+    conn.execute("ANALYZE statepipe.runs")
+    conn.execute("ANALYZE statepipe.steps")
+    before = _seq_scans(conn)
+    for i in range(3):
+        store.commit([_step_done(run_id, i, json.dumps({"i": i})) for run_id in ids[:5]])
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    after = _seq_scans(conn)
+    assert {t: after[t] - before[t] for t in ("runs", "steps", "attempts", "events")} == {
+        "runs": 0, "steps": 0, "attempts": 0, "events": 0,
+    }
+
+
+def test_a_batch_of_many_runs_commits_each_runs_events_in_its_own_sequence(conn):
+    store = Store(SingleConnection(conn))
+    ids = _runs(store, 3, 3)
+    events = store.commit([_step_done(run_id, 0, "{}") for run_id in ids] + [_step_done(ids[0], 1, "[1]")])
+    assert [[e.seq for e in evs] for evs in events] == [[2, 3], [2, 3], [2, 3], [4, 5]]
+    rows = conn.execute(
+        "SELECT run_id, seq, type, step FROM statepipe.events WHERE run_id = %s ORDER BY seq", (ids[0],)
+    ).fetchall()
+    assert [(seq, kind, step) for _, seq, kind, step in rows] == [
+        (1, "run_created", None), (2, "step_succeeded", "s0"), (3, "step_started", "s1"),
+        (4, "step_succeeded", "s1"), (5, "step_started", "s2"),
+    ]
+
+
+def test_a_big_output_is_stored_exactly_as_given(conn):
+    store = Store(SingleConnection(conn))
+    (run_id,) = _runs(store, 1, 2)
+    value = [{"n": i, "text": "é\\\"\n" * 3} for i in range(20_000)]  # well over the splice limit
+    store.commit([_step_done(run_id, 0, json.dumps(value))])
+    (stored,) = conn.execute("SELECT output FROM statepipe.attempts WHERE run_id = %s", (run_id,)).fetchone()
+    assert stored == value
