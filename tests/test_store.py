@@ -84,3 +84,20 @@ def test_a_big_output_is_stored_exactly_as_given(conn):
     store.commit([_step_done(run_id, 0, json.dumps(value))])
     (stored,) = conn.execute("SELECT output FROM statepipe.attempts WHERE run_id = %s", (run_id,)).fetchone()
     assert stored == value
+
+
+def test_a_database_at_an_older_schema_version_is_brought_up_to_date_when_opened(db_url, conn):
+    from statepipe.store.database import open_store
+    from statepipe.store.store import SCHEMA_VERSION
+
+    conn.execute("DROP FUNCTION statepipe.commit_changes(jsonb, jsonb[])")  # as version 1 had it
+    conn.execute("DELETE FROM statepipe.schema_version")
+    conn.execute("INSERT INTO statepipe.schema_version (version) VALUES (1)")
+    store = open_store(db_url, max_size=1)
+    try:
+        (run_id,) = _runs(store, 1, 2)
+        store.commit([_step_done(run_id, 0, "{}")])
+    finally:
+        store.pool.close()
+    versions = [v for (v,) in conn.execute("SELECT version FROM statepipe.schema_version ORDER BY version")]
+    assert versions == [1, SCHEMA_VERSION]
