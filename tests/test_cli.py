@@ -273,7 +273,7 @@ def test_inspect_truncates_long_values_and_says_how_to_see_them(cli):
     short = cli("inspect", run_id)
     full = cli("inspect", run_id, "--full")
     assert short.returncode == 0 and full.returncode == 0
-    assert re.search(r"\(\d+ more characters; --full shows all\)", short.stdout)
+    assert re.search(r"\(the whole value is [\d,]+ characters of JSON; --full shows all\)", short.stdout)
     assert "--full shows all" not in full.stdout
 
 
