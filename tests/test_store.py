@@ -101,3 +101,23 @@ def test_a_database_at_an_older_schema_version_is_brought_up_to_date_when_opened
         store.pool.close()
     versions = [v for (v,) in conn.execute("SELECT version FROM statepipe.schema_version ORDER BY version")]
     assert versions == [1, SCHEMA_VERSION]
+
+
+@pytest.mark.parametrize("size", [10, 2_000])  # a small output, and one past the big-output limit
+def test_a_live_consumer_gets_the_output_as_stored_not_the_object_returned(store, size):
+    import asyncio
+
+    from conftest import workflow_path
+    from statepipe.definition.loader import load
+    from statepipe.engine.runtime import Runtime
+
+    runtime = Runtime(store)
+    loaded = load(workflow_path("shapes"))
+    try:
+        run_id = runtime.create_run(loaded, {"size": size})
+        outcome = asyncio.run(runtime.execute(run_id, loaded))
+    finally:
+        runtime.close()
+    assert outcome.state == "succeeded"
+    # exactly what a run resumed after the first step would be handed: JSON's lists and string keys
+    assert outcome.result == {"pair_type": "list", "keys": ["7"], "filler": size}

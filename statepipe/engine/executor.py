@@ -15,8 +15,10 @@ import hashlib
 import inspect
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,7 @@ log = logging.getLogger("statepipe.executor")
 
 CANCEL_REQUESTS = ("cancel", "cancel_compensate")
 RETRY_REQUEST = "retry"
+BIG_OUTPUT = 64 * 1024  # decoded on another thread while its commit is in flight
 PAUSE_REQUESTS = ("pause", "pause_now")
 
 
@@ -147,6 +150,30 @@ def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: s
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@contextmanager
+def _decoding_meanwhile(steps: list[StepState]) -> Iterator[None]:
+    """Decode big outputs on another thread while this one waits on PostgreSQL for their commit
+    (the GIL is free then): a megabyte takes about as long to decode as the server takes to
+    store it. The thread is parked before the commit starts, so neither waits on the other."""
+    if not steps:
+        yield
+        return
+    go = threading.Event()
+    thread = threading.Thread(target=_decode_when, args=(go, steps), name="statepipe-decode", daemon=True)
+    thread.start()
+    go.set()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def _decode_when(go: threading.Event, steps: list[StepState]) -> None:
+    go.wait()
+    for st in steps:
+        st.output  # noqa: B018 - reading decodes it
+
+
 def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
     """Run a sync step on a pooled daemon thread: one that outlives a timeout or a shutdown is
     abandoned, and never holds the process open."""
@@ -200,6 +227,7 @@ class RunExecutor:
         self._interrupted = False
         self._hooks: list[tuple[str, dict[str, Any]]] = []
         self._late: list[NewEvent] = []  # events raised outside a round (hook failures)
+        self._undecoded: list[StepState] = []  # outputs the next commit stores
         self._wake = asyncio.Event()
         self._load(snap)
 
@@ -325,8 +353,12 @@ class RunExecutor:
 
     async def _commit(self, change: Change) -> None:
         writer = self.runtime.writer
-        if len(self.runtime.executors) > 1 or writer.commit_now(change) is None:
-            await asyncio.wrap_future(writer.submit(change))  # alone in this process: nothing to group with
+        big, self._undecoded = [st for st in self._undecoded if len(st.undecoded or "") > BIG_OUTPUT], []
+        if len(self.runtime.executors) == 1:  # alone in this process: nothing to group with
+            with _decoding_meanwhile(big):
+                if writer.commit_now(change) is not None:
+                    return
+        await asyncio.wrap_future(writer.submit(change))
 
     def _recover(self, change: Change) -> None:
         """Bring a stored run to a state the loop can continue from."""
@@ -734,6 +766,7 @@ class RunExecutor:
         """`value` is what the step returned (None when reused from the cache): enough for the
         one-line summary, while consumers get the stored JSON decoded."""
         st.undecoded = text
+        self._undecoded.append(st)
         st.lc.send("succeed")
         st.finished_at = utcnow()
         self._record_attempt(st, change, "succeeded", output=text, cached_from=cached_from)
