@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+from itertools import islice
 from typing import Any
 
 from statepipe.errors import OutputNotSerializable
@@ -50,15 +51,23 @@ def _brief(value: Any, width: int) -> str:
     if isinstance(value, list):
         return f"[{len(value)} items]"
     if isinstance(value, dict):
-        parts = []
-        for key, inner in list(value.items())[:12]:
-            shown = _brief(inner, 24) if isinstance(inner, (list, dict)) else _SHOWN(inner)
-            parts.append(f"{key}: {shown if len(shown) <= 24 else shown[:23] + '…'}")
-            if sum(len(p) + 2 for p in parts) > width:
+        parts: list[str] = []
+        length = 0
+        for key, inner in islice(value.items(), 12):
+            shown = _brief(inner, 24) if isinstance(inner, (list, dict)) else _scalar(inner)
+            part = f"{key}: {shown if len(shown) <= 24 else shown[:23] + '…'}"
+            parts.append(part)
+            length += len(part) + 2
+            if length > width:
                 break
         more = ", …" if len(parts) < len(value) else ""
         return "{" + ", ".join(parts) + more + "}"
-    return json.dumps(value, default=str)
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    """JSON text of a scalar; ints (every step's counters and ids) without the encoder's detour."""
+    return int.__repr__(value) if type(value) is int else _SHOWN(value)
 
 
 def summarize_usage(calls: list[dict[str, Any]]) -> dict[str, Any]:
