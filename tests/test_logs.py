@@ -220,6 +220,7 @@ def test_event_files_of_runs_that_ended_are_closed_so_a_long_lived_worker_holds_
     try:
         ids = runtime.create_runs(loaded, [{"n": i} for i in range(12)], detach=True)
         finished = asyncio.run(runtime.work(4, until_idle=True))
+        runtime.writer.flush()  # as the CLI does before it exits: every committed event written out
         assert finished == 12
         assert _open_files_under(tmp_path) == []
         for run_id in ids:  # and every file is complete all the same

@@ -64,19 +64,32 @@ class Writer:
         self._turn = threading.Lock()  # held by whoever is committing (and, here, gathering)
         self._thread = threading.Thread(target=self._loop, name="statepipe-writer", daemon=True)
         self._thread.start()
+        self._shown: queue.SimpleQueue[list[Event] | threading.Event] = queue.SimpleQueue()
+        self._views: threading.Thread | None = None
 
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
+        if self._views is None:
+            self._views = threading.Thread(target=self._show, name="statepipe-views", daemon=True)
+            self._views.start()
 
     def dispatch(self, events: list[Event]) -> None:
-        """Hand committed events to the views (display, JSONL files, stdout)."""
-        if not events:
-            return
-        for fn in list(self._listeners):
-            try:
-                fn(events)
-            except Exception:  # a view must never break the engine
-                log.exception("event listener failed")
+        """Hand committed events to the views (display, JSONL files, stdout), in commit order, on
+        a thread of their own: writing them out never holds up the next commit."""
+        if events and self._listeners:
+            self._shown.put(events)
+
+    def _show(self) -> None:
+        while True:
+            item = self._shown.get()
+            if isinstance(item, threading.Event):  # a flush: everything before it has been shown
+                item.set()
+                continue
+            for fn in list(self._listeners):
+                try:
+                    fn(item)
+                except Exception:  # a view must never break the engine
+                    log.exception("event listener failed")
 
     def submit(self, change: Change) -> Future[list[Event]]:
         """Queue a transition; the future resolves once it is committed."""
@@ -112,8 +125,16 @@ class Writer:
             self._q.put(_Item(change, soft=True))
 
     def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
+        """Wait until everything queued so far is committed and handed to the views."""
         self.submit(Change("", 0, [])).result()
+        self.flush_views()
+
+    def flush_views(self) -> None:
+        """Wait until the views have everything committed so far (not what is still queued)."""
+        if self._views is not None:
+            shown = threading.Event()
+            self._shown.put(shown)
+            shown.wait()
 
     def close(self) -> None:
         self.flush()

@@ -190,10 +190,12 @@ def _execute(
         if live is not None:
             with live:
                 state = asyncio.run(main())
+                runtime.writer.flush_views()  # the display's last frame shows how the run ended
         else:
             state = asyncio.run(main())
         runtime.writer.flush()
     finally:
+        runtime.writer.flush_views()
         files.close()
     _report(store.get_run(run_id), state)
     if state == "succeeded" and rerun is not None:
@@ -694,6 +696,7 @@ def worker(
     try:
         done = asyncio.run(main())
     finally:
+        runtime.writer.flush_views()
         files.close()
         runtime.close()
     err.print(f"worker stopped after finishing {done} run(s)")
