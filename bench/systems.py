@@ -4,8 +4,8 @@ returns its result; the caller times and checks it.
 - Floor: the least any engine could do on the same PostgreSQL. Plain psycopg 3, per step one
   INSERT of the JSON output committed in its own transaction (autocommit: one round trip),
   before any step that consumes it starts. Nothing else: no status rows, no reads, no events.
-- Statepipe: the public API, as a user would call it: create_run, execute / execute_many, then
-  read the result from the store.
+- Statepipe: the public API, as a user would call it: create_run, execute / execute_many, and
+  the result each returns (the sink step's output, decoded from the JSON that was committed).
 """
 
 from __future__ import annotations
