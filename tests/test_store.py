@@ -121,3 +121,27 @@ def test_a_live_consumer_gets_the_output_as_stored_not_the_object_returned(store
     assert outcome.state == "succeeded"
     # exactly what a run resumed after the first step would be handed: JSON's lists and string keys
     assert outcome.result == {"pair_type": "list", "keys": ["7"], "filler": size}
+
+
+def test_a_cached_output_with_a_zero_time_to_live_is_never_reused(conn):
+    store = Store(SingleConnection(conn))
+    (run_id,) = _runs(store, 1, 2)
+    change = _step_done(run_id, 0, '{"x": 1}')
+    change.attempts[0].cache_key = "k-zero-ttl"
+    store.commit([change])
+    assert store.cache_lookup("k-zero-ttl", None) is not None  # no limit: found
+    assert store.cache_lookup("k-zero-ttl", 3600) is not None
+    assert store.cache_lookup("k-zero-ttl", 0) is None
+
+
+def test_a_single_connection_store_keeps_the_url_it_was_given_for_its_listeners(db_url):
+    from statepipe.store.database import open_store
+
+    params = psycopg.conninfo.conninfo_to_dict(db_url)
+    params["password"] = "s3cret"  # connection info read back from libpq leaves the password out
+    url = psycopg.conninfo.make_conninfo(**params)
+    store = open_store(url, max_size=1)
+    try:
+        assert psycopg.conninfo.conninfo_to_dict(store.pool.conninfo)["password"] == "s3cret"
+    finally:
+        store.pool.close()

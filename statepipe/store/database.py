@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 
 from statepipe.errors import DatabaseUnavailable
 from statepipe.store import embedded
-from statepipe.store.store import Store, ensure_schema
+from statepipe.store.store import Store, ensure_schema, first_line
 
 
 def resolve_url(url: str | None) -> str:
@@ -27,9 +27,10 @@ def _describe(url: str) -> str:
 class SingleConnection:
     """The pool interface over one connection: short CLI commands skip the pool's threads."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], conninfo: str | None = None) -> None:
         self.conn = conn
-        self.conninfo = conn.info.dsn
+        # the URL it was opened with: conn.info.dsn leaves the password out, and LISTEN reconnects
+        self.conninfo = conninfo or conn.info.dsn
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -46,15 +47,14 @@ def open_store(url: str | None, *, max_size: int = 4, timeout: float = 30.0) -> 
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise DatabaseUnavailable(f"invalid database URL: {str(exc).strip().splitlines()[0]}") from exc
+        raise DatabaseUnavailable(f"invalid database URL: {first_line(exc)}") from exc
     try:
         conn = psycopg.connect(conninfo, connect_timeout=5, autocommit=True)
         ensure_schema(conn)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_describe(conninfo)}: {reason}") from exc
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_describe(conninfo)}: {first_line(exc)}") from exc
     if max_size == 1:
-        return Store(SingleConnection(conn))
+        return Store(SingleConnection(conn, conninfo))
     conn.close()
     pool = ConnectionPool(
         conninfo,

@@ -78,7 +78,7 @@ class Store:
             with self.pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
+            raise DatabaseUnavailable(f"lost the database connection: {first_line(exc)}") from exc
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -124,12 +124,7 @@ class Store:
 
     def get_run(self, run_id: str) -> RunRow:
         with self._tx() as conn:
-            row = conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r WHERE r.id = %s", (run_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFoundError(f"no run {run_id}")
-        return RunRow(**row)
+            return _run_row(conn, run_id)
 
     def list_runs(
         self,
@@ -151,8 +146,8 @@ class Store:
         return [RunRow(**r) for r in rows]
 
     def snapshot(self, run_id: str) -> RunSnapshot:
-        run = self.get_run(run_id)
         with self._tx() as conn:
+            run = _run_row(conn, run_id)
             steps = conn.cursor(row_factory=dict_row).execute(
                 "SELECT name, item, item_index, fanout, compensates, state, depends_on, attempt, started_at,"
                 " finished_at, error, next_attempt_at, overrides, feedback FROM statepipe.steps WHERE run_id = %s"
@@ -199,10 +194,10 @@ class Store:
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT run_id, step, item, number, output::text FROM statepipe.attempts"
-                " WHERE cache_key = %s AND state = 'succeeded'"
-                "   AND (%s::interval IS NULL OR finished_at > now() - %s::interval)"
+                " WHERE cache_key = %(key)s AND state = 'succeeded'"
+                "   AND (%(age)s::interval IS NULL OR finished_at > now() - %(age)s::interval)"
                 " ORDER BY finished_at DESC LIMIT 1",
-                (key, timedelta(seconds=max_age) if max_age else None, timedelta(seconds=max_age) if max_age else None),
+                {"key": key, "age": timedelta(seconds=max_age) if max_age is not None else None},
             ).fetchone()
         if row is None:
             return None
@@ -411,7 +406,7 @@ class Store:
                     conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(name)))
                 yield conn
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
+            raise DatabaseUnavailable(f"lost the database connection: {first_line(exc)}") from exc
 
 
 def _document(
@@ -472,6 +467,15 @@ def _document(
     return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
 
 
+def _run_row(conn: psycopg.Connection[Any], run_id: str) -> RunRow:
+    row = conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r WHERE r.id = %s", (run_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no run {run_id}")
+    return RunRow(**row)
+
+
 def _fetch_lasts(cur: psycopg.Cursor[Any]) -> list[int]:
     row = cur.fetchone()
     return [int(v) for v in row[0]] if row else []
@@ -481,7 +485,7 @@ def _event(run_id: str, seq: int, e: NewEvent) -> Event:
     return Event(run_id, seq, e.ts, e.type, e.step, e.item, e.attempt, e.data)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
