@@ -34,8 +34,10 @@ CREATE TABLE IF NOT EXISTS statepipe.runs (
     fingerprint      jsonb NOT NULL DEFAULT '{}',    -- step name -> fingerprint of its code
     forked_from      text,                           -- the run whose outputs this one started from
     batch_id         text,
-    batch_index      integer
+    batch_index      integer,
+    result_step      text                            -- Workflow(result=...): the step whose output is the result
 );
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS result_step text;  -- v1 databases
 CREATE INDEX IF NOT EXISTS runs_created_idx ON statepipe.runs (created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_id_prefix_idx ON statepipe.runs (id text_pattern_ops); -- ids by prefix
 CREATE INDEX IF NOT EXISTS runs_state_created_idx ON statepipe.runs (state, created_at DESC);
@@ -130,14 +132,14 @@ DECLARE
 BEGIN
     IF p ? 'new_runs' THEN
         INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at, fencing_token,
-                                    batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from)
+                                    batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from, result_step)
         SELECT n.id, n.workflow, n.workflow_ref, 'pending', coalesce(big[n.ib], p->'values'->n.i), n.owner,
                CASE WHEN n.owner IS NULL THEN NULL ELSE now() + make_interval(secs => n.lease_s) END, 1,
-               n.batch_id, n.batch_index, n.dry_run, n.no_cache, n.fingerprint, n.forked_from
+               n.batch_id, n.batch_index, n.dry_run, n.no_cache, n.fingerprint, n.forked_from, n.result_step
           FROM jsonb_to_recordset(p->'new_runs')
                AS n(id text, workflow text, workflow_ref text, i integer, ib integer, owner text, lease_s float8,
                     batch_id text, batch_index integer, dry_run boolean, no_cache boolean, fingerprint jsonb,
-                    forked_from text);
+                    forked_from text, result_step text);
         IF jsonb_path_exists(p->'new_runs', '$[*] ? (@.owner == null)') THEN
             PERFORM pg_notify('statepipe_runnable', p->'new_runs'->0->>'id');  -- store.RUNNABLE_CHANNEL
         END IF;

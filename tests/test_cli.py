@@ -505,3 +505,13 @@ def test_output_dir_option_moves_the_folder(cli, output_dir, tmp_path):
     assert (elsewhere / f"{run_id}.jsonl").is_file()
     assert [json.loads(line)["run_id"] for line in (elsewhere / "results.jsonl").read_text().splitlines()] == [run_id]
     assert not output_dir.exists()  # the default folder (STATEPIPE_OUTPUT_DIR) was not used
+
+
+def test_a_chosen_result_step_is_the_result_everywhere_the_run_is_shown(cli, store, output_dir):
+    run_id = _run(cli, workflow_path("chosen_result"), "-i", "x=2")
+    expected = {"total": 42}
+    assert cli.json("inspect", run_id, "--json")["run"]["result"] == expected
+    assert [r["result"] for r in cli.json("list", "--json") if r["id"] == run_id] == [expected]
+    lines = [json.loads(line) for line in (output_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["result"] for r in lines if r["run_id"] == run_id] == [expected]
+    assert store.results([run_id]) == {run_id: expected}

@@ -94,6 +94,7 @@ class Runtime:
         wf = loaded.workflow
         owner = None if detach else self.owner
         fingerprint = wf.fingerprint()
+        steps = _initial_steps(wf)
         runs: list[NewRun] = []
         for offset, run_input in enumerate(inputs):
             if not isinstance(run_input, dict):
@@ -103,24 +104,23 @@ class Runtime:
                 input_json = json.dumps(run_input, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
-            steps = [
-                NewStepRow(s.name, "", None, "pending", list(s.depends_on), fanout=s.map_over is not None, position=i)
-                for i, s in enumerate(wf.steps)
-            ]
             event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
             runs.append(NewRun(
-                str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner,
-                batch_id, batch_indices[offset] if batch_indices is not None else None, dry_run, no_cache, fingerprint,
+                str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner=owner, batch_id=batch_id,
+                batch_index=batch_indices[offset] if batch_indices is not None else None, dry_run=dry_run,
+                no_cache=no_cache, fingerprint=fingerprint, result_step=wf.result_step,
             ))
         created = self.store.create_runs(runs, ttl=self.lease_ttl)
         if owner is not None:
             now = utcnow()
             for r in runs:  # what a snapshot would read back, kept so execute() need not read it
-                self._fresh[r.id] = _untouched(
-                    RunRow(r.id, r.workflow, r.workflow_ref, "pending", json.loads(r.input_json), None, now, None, None,
-                           now, 1, owner, None, 1, dry_run=dry_run, no_cache=no_cache, fingerprint=fingerprint),
-                    wf,
+                row = RunRow(
+                    r.id, r.workflow, r.workflow_ref, "pending", json.loads(r.input_json), error=None, created_at=now,
+                    started_at=None, finished_at=None, updated_at=now, last_seq=1, owner=owner, lease_expires_at=None,
+                    fencing_token=1, dry_run=dry_run, no_cache=no_cache, fingerprint=fingerprint,
+                    result_step=wf.result_step,
                 )
+                self._fresh[r.id] = _untouched(row, steps)
         self.writer.dispatch(created)
         return [r.id for r in runs]
 
@@ -152,8 +152,10 @@ class Runtime:
         state, result, final = "interrupted", None, None
         lost = False
         try:
-            if snap is None and claimed is not None and _is_untouched(claimed, self._load_for(claimed).workflow):
-                snap = _untouched(claimed, self._load_for(claimed).workflow)
+            if snap is None and claimed is not None:
+                claimed_wf = self._load_for(claimed).workflow
+                if _is_untouched(claimed, claimed_wf):
+                    snap = _untouched(claimed, _initial_steps(claimed_wf))
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
             wf = (loaded or self._load_for(snap.run)).workflow
@@ -352,11 +354,19 @@ def _is_untouched(run: RunRow, wf: Workflow) -> bool:
     return run.state == "pending" and run.last_seq == 1 and run.forked_from is None and run.fingerprint == wf.fingerprint()
 
 
-def _untouched(run: RunRow, wf: Workflow) -> RunSnapshot:
-    """The snapshot of a run nothing has happened to, built without reading it back."""
-    steps = [StepRow(s.name, "", None, s.map_over is not None, None, "pending", list(s.depends_on), 0, None, None, None, None)
-             for s in wf.steps]
-    return RunSnapshot(dataclasses.replace(run, steps_total=len(steps)), steps)
+def _initial_steps(wf: Workflow) -> list[NewStepRow]:
+    """The step rows a new run of `wf` starts with."""
+    return [
+        NewStepRow(s.name, "", None, "pending", list(s.depends_on), fanout=s.map_over is not None, position=i)
+        for i, s in enumerate(wf.steps)
+    ]
+
+
+def _untouched(run: RunRow, steps: Sequence[NewStepRow]) -> RunSnapshot:
+    """The snapshot of a run nothing has happened to (its rows are `steps` as created), built
+    without reading it back."""
+    rows = [StepRow(s.name, "", None, s.fanout, None, s.state, s.depends_on, 0, None, None, None, None) for s in steps]
+    return RunSnapshot(dataclasses.replace(run, steps_total=len(rows)), rows)
 
 
 async def _until(event: asyncio.Event, timeout: float) -> None:

@@ -89,6 +89,7 @@ class NewRun:
     no_cache: bool = False
     fingerprint: dict[str, str] = field(default_factory=dict)
     forked_from: str | None = None
+    result_step: str | None = None
 
 
 @dataclass
@@ -166,6 +167,7 @@ class RunRow:
     forked_from: str | None = None
     batch_id: str | None = None
     batch_index: int | None = None
+    result_step: str | None = None  # the step whose output is the result (None: the sinks')
     steps_done: int = 0
     steps_total: int = 0
     cost_usd: float | None = None  # of every LLM call of every attempt
@@ -292,9 +294,12 @@ class RunSnapshot:
         return row.output
 
     def result(self) -> Any:
+        """The result step's output (Workflow(result=...)), else the sink steps' outputs: one
+        sink, its output; several, a dict by name in step order. Store.results applies the same rule."""
         parents = self.parents()
         needed = {d for s in parents for d in s.depends_on}
-        sinks = [s for s in parents if s.name not in needed]
+        chosen = self.run.result_step
+        sinks = [s for s in parents if (s.name == chosen if chosen else s.name not in needed)]
         if len(sinks) == 1:
             return self.output_of(sinks[0])
         return {s.name: self.output_of(s) for s in sinks}

@@ -48,7 +48,7 @@ def channel(run_id: str) -> str:
 _RUN_COLUMNS = """
     r.id, r.workflow, r.workflow_ref, r.state, r.input, r.error, r.created_at, r.started_at,
     r.finished_at, r.updated_at, r.last_seq, r.owner, r.lease_expires_at, r.fencing_token,
-    r.requested, r.dry_run, r.no_cache, r.fingerprint, r.forked_from, r.batch_id, r.batch_index,
+    r.requested, r.dry_run, r.no_cache, r.fingerprint, r.forked_from, r.batch_id, r.batch_index, r.result_step,
     (SELECT count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped'))
        FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_done,
     (SELECT count(*) FROM statepipe.steps s
@@ -165,19 +165,20 @@ class Store:
         return RunSnapshot(run, list(rows.values()))
 
     def results(self, run_ids: Sequence[str]) -> dict[str, Any]:
-        """Each run's result (its sink steps' outputs) for many runs in one round trip."""
+        """Each run's result for many runs in one round trip, by RunSnapshot.result's rule: its
+        result step's output, else its sink steps' outputs (several: by name, in step order)."""
         if not run_ids:
             return {}
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT s.run_id, s.name, s.item, s.item_index, s.fanout, a.output"
-                "  FROM statepipe.steps s"
+                "  FROM statepipe.steps s JOIN statepipe.runs r ON r.id = s.run_id"
                 "  LEFT JOIN statepipe.attempts a ON a.run_id = s.run_id AND a.step = s.name"
                 "   AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
                 " WHERE s.run_id = ANY(%s) AND s.compensates IS NULL AND (s.item = '' OR s.item_index IS NOT NULL)"
-                " AND NOT EXISTS ("
-                "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on))"
-                " ORDER BY s.run_id, s.name, s.item_index NULLS FIRST",
+                " AND (s.name = r.result_step OR r.result_step IS NULL AND NOT EXISTS ("
+                "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on)))"
+                " ORDER BY s.run_id, s.position, s.item_index NULLS FIRST",
                 (list(run_ids),),
             ).fetchall()
         per_run: dict[str, dict[str, Any]] = {}
@@ -210,9 +211,10 @@ class Store:
             with conn.pipeline(), conn.transaction():
                 conn.execute(
                     "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at,"
-                    "  fencing_token, dry_run, no_cache, fingerprint, forked_from)"
+                    "  fencing_token, dry_run, no_cache, fingerprint, forked_from, result_step)"
                     " SELECT %s, workflow, %s, 'pending', %s::jsonb, %s::text,"
-                    "  CASE WHEN %s::text IS NULL THEN NULL ELSE now() + %s END, 1, dry_run, no_cache, %s::jsonb, id"
+                    "  CASE WHEN %s::text IS NULL THEN NULL ELSE now() + %s END, 1, dry_run, no_cache, %s::jsonb, id,"
+                    "  result_step"
                     " FROM statepipe.runs WHERE id = %s",
                     (run.id, run.workflow_ref, run.input_json, run.owner, run.owner, timedelta(seconds=ttl),
                      json.dumps(run.fingerprint), source),
@@ -446,6 +448,7 @@ def _document(
                 "id": r.id, "workflow": r.workflow, "workflow_ref": r.workflow_ref, **spliced_or_big(r.input_json, "i"),
                 "owner": r.owner, "lease_s": lease_s, "batch_id": r.batch_id, "batch_index": r.batch_index,
                 "dry_run": r.dry_run, "no_cache": r.no_cache, "fingerprint": r.fingerprint, "forked_from": r.forked_from,
+                "result_step": r.result_step,
             }
             for r in created
         ],
