@@ -33,7 +33,8 @@ import workloads as wl
 from systems import BenchError, Floor
 
 from statepipe.definition.loader import Loaded
-from statepipe.engine.runtime import FINISHED, Runtime
+from statepipe.engine.runtime import Runtime
+from statepipe.lifecycles import RUN_FINISHED
 from statepipe.store import open_store
 from statepipe.store.database import resolve_url
 
@@ -95,7 +96,7 @@ def submit_and_wait(runtime: Runtime, loaded: Loaded, first_k: int, runs: int) -
     store = runtime.store
     start = time.perf_counter()
     ids = runtime.create_runs(loaded, inputs, detach=True, batch_id=batch_id, batch_indices=list(range(runs)))
-    while sum(n for state, n in store.batch_counts(batch_id).items() if state in FINISHED) < runs:
+    while sum(n for state, n in store.batch_counts(batch_id).items() if state in RUN_FINISHED) < runs:
         time.sleep(0.005)
     results = store.results(ids)
     elapsed = time.perf_counter() - start

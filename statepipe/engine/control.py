@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS
 from statepipe.engine.lease import owner_is_dead
-from statepipe.engine.runtime import FINISHED, Runtime
+from statepipe.engine.runtime import Runtime
+from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError
 from statepipe.lifecycles import run_lifecycle
 from statepipe.store.records import Change, NewEvent, RunRow, RunWrite, utcnow
@@ -44,7 +45,7 @@ async def control(runtime: Runtime, run_id: str, kind: str, wait: float) -> Chan
     store = runtime.store
     run = await asyncio.to_thread(store.get_run, run_id)
     target = "cancelled" if kind in CANCEL_REQUESTS else "paused"
-    if run.state in FINISHED or (kind in PAUSE_REQUESTS and run.state == "paused"):
+    if run.state in RUN_FINISHED or (kind in PAUSE_REQUESTS and run.state == "paused"):
         return Changed(run_id, run.state, run.state, f"already {run.state}")
     await asyncio.to_thread(store.request, run_id, kind)
     if _live_owner(run):
@@ -62,7 +63,7 @@ def _await_owner(runtime: Runtime, run_id: str, target: str, wait: float) -> str
     with store.listening(channel(run_id)) as conn:
         while True:
             run = store.get_run(run_id)
-            if run.state == target or run.state in FINISHED:
+            if run.state == target or run.state in RUN_FINISHED:
                 return run.state
             if not _live_owner(run):
                 return None

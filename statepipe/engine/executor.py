@@ -35,7 +35,7 @@ from statepipe.errors import (
     OutputNotSerializable,
     StepTimeout,
 )
-from statepipe.lifecycles import STEP_DONE, Lifecycle, run_lifecycle, step_lifecycle
+from statepipe.lifecycles import RUN_FINISHED, STEP_DONE, Lifecycle, run_lifecycle, step_lifecycle
 from statepipe.store.records import (
     AttemptWrite,
     Change,
@@ -154,7 +154,9 @@ def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: s
 def _decoding_meanwhile(steps: list[StepState]) -> Iterator[None]:
     """Decode big outputs on another thread while this one waits on PostgreSQL for their commit
     (the GIL is free then): a megabyte takes about as long to decode as the server takes to
-    store it. The thread is parked before the commit starts, so neither waits on the other."""
+    store it. The thread waits for `go` instead of decoding at once: started straight into
+    json.loads, it would keep the GIL for a whole switch interval (5 ms) before this thread could
+    send the commit; waiting, it takes the GIL only when this thread blocks on the socket."""
     if not steps:
         yield
         return
@@ -372,15 +374,14 @@ class RunExecutor:
         else:
             if state == "paused":
                 self.run_lc.send("unpause")
-            elif state in ("failed", "succeeded", "cancelled"):  # the last two: only for a rerun
+            elif state in RUN_FINISHED:  # succeeded and cancelled: only for a rerun
                 self.run_lc.send("reopen")
+                self.clock_start = now  # a reopened run gets its whole timeout again
             retry = self.request == RETRY_REQUEST  # batch re-runs a failed run's failed steps
             if retry:
                 self.request = None
             change.run = RunWrite("running", error=self.failure if self.compensations else None, clear_request=retry)
             change.events.append(NewEvent("run_resumed", data={"owner": self.runtime.owner, "from_state": state}))
-        if state in ("failed", "succeeded", "cancelled"):
-            self.clock_start = now  # a reopened run gets its whole timeout again
         retry_failed = state in ("failed", "paused", "cancelled") and not self.compensations
         if retry_failed:
             self.failure = None
@@ -396,15 +397,17 @@ class RunExecutor:
     def _record_attempt(
         self, st: StepState, change: Change, state: str, error: str | None = None, output: str | None = None,
         cached_from: dict[str, Any] | None = None,
-    ) -> None:
-        """An attempt is written once, when it ends; while it runs the step row tells of it."""
+    ) -> dict[str, Any] | None:
+        """An attempt is written once, when it ends; while it runs the step row tells of it.
+        Returns the attempt's LLM usage, added up (None when it made no call)."""
         usage = summarize_usage(st.ctx.usage) if st.ctx is not None and st.ctx.usage else None
         change.attempts.append(AttemptWrite(
-            st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=utcnow(),
+            st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=st.finished_at or utcnow(),
             error=error, output=output, usage=json.dumps(usage) if usage else None,
             # only a computed output is a cache source: a reused one points at its origin instead
             cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
         ))
+        return usage
 
     def _reset(self, st: StepState, change: Change, reason: str, event: str = "step_reset") -> None:
         if st.state == "waiting":
@@ -573,7 +576,7 @@ class RunExecutor:
         """Start a fan-out: one child row per item of the source step's list."""
         source = self.parents[parent.step.map_over or ""].output
         self._begin_attempt(parent, change)
-        keys: list[str] = []
+        keys: dict[str, None] = {}  # in item order; a dict so a repeated key is found at once
         problem = None
         if not isinstance(source, list):
             problem = f"map_over {parent.step.map_over} returned {type(source).__name__}, expected a list"
@@ -583,20 +586,21 @@ class RunExecutor:
                 if key in keys:
                     problem = f"item key {key!r} appears twice in {parent.step.map_over}'s output"
                     break
-                keys.append(key)
+                keys[key] = None
         change.events.append(parent.event("step_started", items=len(keys)))
         if problem is not None:
             self._fail(parent, change, problem)
             return
         assert isinstance(source, list)
         existing = {c.item: c for c in parent.stale + parent.children}
+        position = list(self.parents).index(parent.name)
         parent.children = []
         for i, (key, item) in enumerate(zip(keys, source)):
             child = existing.pop(key, None)
             if child is None:
                 child = StepState(parent.step, key, step_lifecycle("pending", f"{parent.name}[{key}]"), i, item)
                 change.new_steps.append(
-                    NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on), position=self._position(parent))
+                    NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on), position=position)
                 )
             else:  # a row from an earlier expansion: same identity, fresh attempt history continues
                 if child.state != "pending":
@@ -607,9 +611,6 @@ class RunExecutor:
         parent.stale = list(existing.values())
         if not keys:
             self._succeed_parent(parent, change)
-
-    def _position(self, st: StepState) -> int:
-        return list(self.parents).index(st.name)
 
     def _begin_attempt(self, st: StepState, change: Change) -> None:
         st.lc.send("start")
@@ -769,12 +770,12 @@ class RunExecutor:
         self._undecoded.append(st)
         st.lc.send("succeed")
         st.finished_at = utcnow()
-        self._record_attempt(st, change, "succeeded", output=text, cached_from=cached_from)
+        usage = self._record_attempt(st, change, "succeeded", output=text, cached_from=cached_from)
         change.steps.append(st.row())
         shown = st.output if cached_from is not None else value
         data: dict[str, Any] = {"duration_s": round(time.monotonic() - st.began, 4), "summary": summarize(shown)}
-        if st.ctx is not None and st.ctx.usage:
-            data["usage"] = summarize_usage(st.ctx.usage)
+        if usage is not None:
+            data["usage"] = usage
         change.events.append(st.event("step_succeeded", **data))
         if st.item and st.undoes is None:
             parent = self.parents[st.name]

@@ -71,7 +71,7 @@ def _scalar(value: Any) -> str:
 
 
 def summarize_usage(calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """An attempt's LLM calls added up (each call's own record is kept under "calls")."""
+    """An attempt's LLM calls added up: "calls" counts them, "details" keeps each one's record."""
     total: dict[str, Any] = {"calls": len(calls)}
     for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_s"):
         total[key] = round(sum(float(c.get(key) or 0) for c in calls), 6)

@@ -24,13 +24,13 @@ from statepipe.engine.executor import RunExecutor
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
+from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
 from statepipe.store.records import NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
 
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -172,10 +172,10 @@ class Runtime:
             raise
         finally:
             self.executors.pop(run_id, None)
-            if not lost and state not in FINISHED + ("paused",):  # those released in their last commit
+            if not lost and state not in RUN_FINISHED + ("paused",):  # those released in their last commit
                 await asyncio.to_thread(self.store.release, run_id, fence)
         outcome = Outcome(run_id, state, result, final)
-        if state in FINISHED:
+        if state in RUN_FINISHED:
             for fn in self.finished:
                 fn(outcome)
         return outcome
@@ -265,7 +265,7 @@ class Runtime:
                 task.cancel()
             for task in done & active:
                 active.discard(task)  # type: ignore[arg-type]
-                if not task.cancelled() and task.exception() is None and task.result().state in FINISHED:
+                if not task.cancelled() and task.exception() is None and task.result().state in RUN_FINISHED:
                     finished += 1
         if active:
             await asyncio.wait(active)
