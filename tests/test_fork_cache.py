@@ -240,3 +240,11 @@ def test_rerun_from_a_cacheable_step_executes_it_again(cli, store, tmp_path):
     assert not [e for e in events if e.seq > rerun.seq and e.type == "step_cached"]
     assert sorted(_traced(trace, run_id)[3:]) == ["base", "use"]  # after the first run's three steps
     assert [(a.number, a.cached_from) for a in step_of(store.snapshot(run_id), "base").attempts] == [(1, None), (2, None)]
+
+
+def test_inspect_shows_which_run_a_cached_step_came_from(cli, store, tmp_path):
+    first = _cli_run(cli, workflow_path(CACHE), "-i", "x=1")
+    second = _cli_run(cli, workflow_path(CACHE), "-i", "x=1")
+    shown = cli("inspect", second, COLUMNS="200")  # wide enough that the cell is not folded
+    assert shown.returncode == 0, shown.stderr
+    assert f"#1 succeeded (from {first[:8]} base #1)" in shown.stdout

@@ -13,7 +13,6 @@ import json as jsonlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from statepipe.engine.context import StepContext
@@ -158,6 +157,8 @@ def validate(schema: Schema, value: Any, where: str = "reply") -> Any:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "(root)"
             raise InvalidReply(f"{where}: field '{field}': {err['msg']}") from exc
+    import jsonschema  # only dict schemas need it; importing it costs every LLM workflow ~45 ms
+
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
     if error is not None:
         field = ".".join(str(p) for p in error.absolute_path) or "(root)"

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -53,6 +54,8 @@ class Options:
 
 
 OPTS = Options()
+EVENTS_PER_READ = 5000  # `logs` reads the event log in pages this long
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -186,6 +189,7 @@ def _execute(
         _drain_on_signals(runtime, grace, "the run", say=(lambda msg: setattr(live, "notice", msg)) if live else None)
         return (await runtime.execute(run_id, loaded, rerun=rerun, strict=strict)).state
 
+    began = time.monotonic()
     try:
         if live is not None:
             with live:
@@ -197,7 +201,7 @@ def _execute(
     finally:
         runtime.writer.flush_views()
         files.close()
-    _report(store.get_run(run_id), state)
+    _report(store.get_run(run_id), state, time.monotonic() - began)
     if state == "succeeded" and rerun is not None:
         _report_reuse(store.snapshot(run_id), rerun)
     runtime.close()
@@ -219,11 +223,12 @@ def _report_reuse(snap: Any, rerun: Any) -> None:
     err.print(f"reused {len(reused)} step(s) that originally took {format_duration(saved)}; re-ran {len(redone)}: {', '.join(sorted(redone))}")
 
 
-def _report(run: Any, state: str) -> None:
+def _report(run: Any, state: str, took: float) -> None:
+    """How this execution ended; `took` is its own time, not the run's since it first started."""
     from statepipe.views.style import format_duration
 
     if state == "succeeded":
-        err.print(f"[green]succeeded[/green] in {format_duration(run.duration)} · {run.steps_done}/{run.steps_total} steps · statepipe inspect {run.id[:8]}")
+        err.print(f"[green]succeeded[/green] in {format_duration(took)} · {run.steps_done}/{run.steps_total} steps · statepipe inspect {run.id[:8]}")
     elif state == "failed":
         err.print(f"[red]failed[/red]: {run.error}\nretry the failed steps with: statepipe resume {run.id}")
     elif state == "interrupted":
@@ -363,7 +368,7 @@ def logs(
     def drain(last: int) -> tuple[int, str | None]:
         ended = None
         while True:
-            batch = store.events_after(full, last)
+            batch = store.events_after(full, last, EVENTS_PER_READ)
             for e in batch:
                 write(event_line(e) + "\n")
                 ended = TERMINAL_EVENTS.get(e.type, ended)
@@ -372,7 +377,7 @@ def logs(
             if batch:
                 last = batch[-1].seq
                 sys.stdout.flush()
-            if len(batch) < 5000:
+            if len(batch) < EVENTS_PER_READ:
                 return last, ended
 
     try:
@@ -382,9 +387,9 @@ def logs(
         with store.listening(channel(full)) as conn:
             last, ended = drain(after)
             if ended is None:
-                state = store.get_run(full).state
-                if state in TERMINAL_EVENTS.values() and store.get_run(full).last_seq <= last:
-                    ended = state
+                run = store.get_run(full)
+                if run.state in TERMINAL_EVENTS.values() and run.last_seq <= last:
+                    ended = run.state
             while ended is None:
                 for _ in conn.notifies(timeout=5.0, stop_after=1):
                     pass
@@ -534,8 +539,6 @@ def feedback(
 ) -> None:
     """Route feedback to the steps it concerns (a model decides, or --steps), show the plan, and
     re-run them with the feedback in ctx.feedback."""
-    import os
-
     from statepipe.definition.loader import load_ref
     from statepipe.engine.context import StepContext
     from statepipe.engine.rerun import RerunPlan
@@ -554,8 +557,9 @@ def feedback(
         classifier: dict[str, Any] = {"classifier": "--steps"}
     else:
         chosen = model or os.environ.get("STATEPIPE_FEEDBACK_MODEL") or (wf.models[0] if wf.models else "gpt-4o-mini")
-        if not dry and missing_keys([chosen]):
-            raise ConfigError(f"the feedback classifier {chosen} needs {missing_keys([chosen])[0][1]}; set it, use --steps, or --dry-run")
+        missing = [] if dry else missing_keys([chosen])
+        if missing:
+            raise ConfigError(f"the feedback classifier {chosen} needs {missing[0][1]}; set it, use --steps, or --dry-run")
         ctx = StepContext(full, "feedback", None, 1, snap.run.input, lambda _e: None, dry_run=dry)
         routing = classify(ctx, wf, snap, text, chosen)
         classifier = {"classifier": "simulated" if dry else chosen, "classifier_reason": routing.reason, "classifier_usage": ctx.usage}
@@ -714,7 +718,6 @@ def batch(
     """One run per input line over a pool of processes; exit 0 only if every run succeeded.
 
     Run it again with the same file and only what did not succeed runs again."""
-    import time
     from multiprocessing.connection import wait as wait_processes
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -770,9 +773,9 @@ def batch(
     for p in pool:
         p.join()
     elapsed = time.monotonic() - began
-    runs = store.batch_runs(bid)
-    results = store.results([r.id for r in runs.values()])
-    if jsonl:
+    if jsonl:  # every run's row and result: read only when asked for
+        runs = store.batch_runs(bid)
+        results = store.results([r.id for r in runs.values()])
         for index in sorted(runs):
             run = runs[index]
             sys.stdout.write(json.dumps(result_record(run, results.get(run.id)), default=str, ensure_ascii=False) + "\n")

@@ -9,11 +9,13 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from statepipe.engine.runtime import Outcome
 from statepipe.store.records import Event, RunRow
-from statepipe.store.store import Store
+
+if TYPE_CHECKING:  # annotations only: `logs` and `inspect` should not import the engine
+    from statepipe.engine.runtime import Outcome
+    from statepipe.store.store import Store
 
 TERMINAL_EVENTS = {"run_succeeded": "succeeded", "run_failed": "failed", "run_cancelled": "cancelled"}
 RESTING_EVENTS = {*TERMINAL_EVENTS, "run_paused"}  # after these this process writes no more for the run
@@ -103,18 +105,14 @@ class EventFiles:
 class StdoutEvents:
     """One JSON event per line on stdout, for `statepipe run ... | jq`."""
 
-    def __init__(self, run_id: str | None = None, stream: IO[str] | None = None) -> None:
-        self.run_id = run_id
-        self.stream = stream or sys.stdout
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def write(self, events: list[Event]) -> None:
         with self._lock:
             try:
-                for e in events:
-                    if self.run_id is None or e.run_id == self.run_id:
-                        self.stream.write(event_line(e) + "\n")
-                self.stream.flush()
+                sys.stdout.write("".join(event_line(e) + "\n" for e in events))
+                sys.stdout.flush()
             except BrokenPipeError:  # the reader went away (| head): the run goes on regardless
                 pass
 

@@ -43,8 +43,8 @@ class LiveView:
         self.run_state = "pending"
         self.began = time.monotonic()
         self.rows: dict[str, _Row] = {}
-        self.notice = ""
-        self.dry_run = False  # a line under the table: what the process is doing about a signal
+        self.notice = ""  # a line under the table: what the process is doing about a signal
+        self.dry_run = False
         self._lock = threading.Lock()
         self._live = Live(self, console=console, refresh_per_second=8, transient=False)
         if snapshot is not None:

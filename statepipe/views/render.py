@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -13,11 +13,13 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from statepipe.definition.loader import Listed
-from statepipe.definition.workflow import Workflow
 from statepipe.engine.outputs import summarize
-from statepipe.store.records import RunRow, RunSnapshot, StepRow, iso
+from statepipe.store.records import AttemptRow, RunRow, RunSnapshot, StepRow, iso
 from statepipe.views.style import STATE_STYLE, format_duration, format_time
+
+if TYPE_CHECKING:  # annotations only: `inspect` and `list` should not import the definitions
+    from statepipe.definition.loader import Listed
+    from statepipe.definition.workflow import Workflow
 
 TRUNCATE_CHARS = 1200
 
@@ -121,7 +123,7 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
             label = f"  └ {s.item}" if s.item else s.name
             value = snap.output_of(s)
             summary = Text(s.error, style="red") if s.error else Text(summarize(value) if s.state == "succeeded" else "", style="dim")
-            attempts = ", ".join(f"#{a.number} {a.state}" for a in s.with_current()) or "-"
+            attempts = ", ".join(_attempt_cell(a) for a in s.with_current()) or "-"
             table.add_row(label, _state(s.state), attempts, format_time(s.started_at), format_duration(_duration(s)), _usage_cell(s), summary)
 
     outputs: list[RenderableType] = []
@@ -130,6 +132,14 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
         if parent.state == "succeeded":
             outputs.append(Panel(_json(value, full), title=parent.name, title_align="left"))
     return Group(*sections, table, *outputs)
+
+
+def _attempt_cell(a: AttemptRow) -> str:
+    """`#1 succeeded`, and where a reused output came from (the cache, or the run forked from)."""
+    text = f"#{a.number} {a.state}"
+    if a.cached_from:
+        text += f" (from {a.cached_from['run_id'][:8]} {a.cached_from['step']} #{a.cached_from['number']})"
+    return text
 
 
 def format_cost(cost: float | None, simulated: bool = False) -> str:

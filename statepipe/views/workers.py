@@ -1,4 +1,4 @@
-"""Entry points of worker processes: `statepipe worker`, and each process of a batch pool."""
+"""The entry point of each process of a `statepipe batch` pool."""
 
 from __future__ import annotations
 
