@@ -85,7 +85,6 @@ class _Decider:
         self._answers: dict[tuple[str, str], str | None] = {}
         self._lock = threading.Lock()
         self.states = frozenset(s.value for s in machine.states)
-        self.events = tuple(e.id for e in machine.events)
 
     def target(self, state: str, event: str) -> str | None:
         key = (state, event)

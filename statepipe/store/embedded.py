@@ -7,6 +7,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from statepipe.config import data_dir
 from statepipe.errors import DatabaseUnavailable
@@ -57,11 +58,7 @@ def ensure_running() -> ServerInfo:
     path = pgdata()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            warnings.simplefilter("ignore")
-            import pgserver  # slow import (psutil, fasteners): only when the server must start
-        from pgserver._commands import pg_ctl
-
+        pgserver, pg_ctl = _pgserver()
         server = pgserver.get_server(path, cleanup_mode=None)
         conf = path / "postgresql.conf"
         if _MARKER not in conf.read_text():
@@ -70,8 +67,6 @@ def ensure_running() -> ServerInfo:
                 for key, value in SERVER_SETTINGS.items():
                     fh.write(f"{key} = {value}\n")
             pg_ctl(["-w", "restart"], pgdata=path, user=server.system_user, timeout=30)
-    except DatabaseUnavailable:
-        raise
     except Exception as exc:  # pgserver raises assorted errors; report them as one line
         raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {path}: {exc}") from exc
     info = status()
@@ -80,12 +75,22 @@ def ensure_running() -> ServerInfo:
     return info
 
 
+def _pgserver() -> tuple[Any, Any]:
+    """pgserver and its pg_ctl, imported only when a server must start or stop (psutil and
+    fasteners make it slow), quietly: platformdirs warns when XDG_RUNTIME_DIR is unset."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+        from pgserver._commands import pg_ctl
+    return pgserver, pg_ctl
+
+
 def stop() -> bool:
     """Stop the embedded server; False when it was not running."""
     info = status()
     if not info.running:
         return False
-    from pgserver._commands import pg_ctl
+    _, pg_ctl = _pgserver()
 
     import pwd
 

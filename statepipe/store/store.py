@@ -270,12 +270,13 @@ class Store:
                 raise ConflictError(f"run {run_id} already {state}; nothing to resume")
             if current and live and current != owner and not owner_is_dead(current):
                 raise ConflictError(f"run {run_id} is being executed by {current}; try again when it stops")
-            (token,) = conn.execute(
+            claimed = conn.execute(
                 "UPDATE statepipe.runs SET owner = %s, lease_expires_at = now() + %s,"
                 " fencing_token = fencing_token + 1 WHERE id = %s RETURNING fencing_token",
                 (owner, timedelta(seconds=ttl), run_id),
-            ).fetchone() or (0,)
-        return int(token)
+            ).fetchone()
+        assert claimed is not None  # the row is locked above: it cannot have gone
+        return int(claimed[0])
 
     def claim_next(
         self,
