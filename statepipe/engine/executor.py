@@ -360,7 +360,7 @@ class RunExecutor:
             with _decoding_meanwhile(big):
                 if writer.commit_now(change) is not None:
                     return
-        await asyncio.wrap_future(writer.submit(change))
+        await writer.committed(change)
 
     def _recover(self, change: Change) -> None:
         """Bring a stored run to a state the loop can continue from."""

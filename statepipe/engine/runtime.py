@@ -26,7 +26,7 @@ from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
-from statepipe.store.records import NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
+from statepipe.store.records import Claim, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
@@ -134,10 +134,10 @@ class Runtime:
         *,
         rerun: RerunPlan | None = None,
         strict: bool = False,
-        claimed: RunRow | None = None,
+        claimed: Claim | None = None,
     ) -> Outcome:
         """Claim the run (refusing a live owner), execute it to an end, release the lease.
-        `claimed`: the row as `work()` just claimed it (with `fence`).
+        `claimed`: the run as `work()` just claimed it (with `fence`).
 
         Steps whose code changed since the run recorded it are run again with their
         descendants, unless `strict`, which refuses instead."""
@@ -153,9 +153,11 @@ class Runtime:
         lost = False
         try:
             if snap is None and claimed is not None:
-                claimed_wf = self._load_for(claimed).workflow
-                if _is_untouched(claimed, claimed_wf):
-                    snap = _untouched(claimed, _initial_steps(claimed_wf))
+                claimed_wf = self._load_for(claimed.run).workflow
+                if _is_untouched(claimed.run, claimed_wf):
+                    snap = _untouched(claimed.run, _initial_steps(claimed_wf))
+                    if claimed.created is not None:  # the views start the run's story at its beginning
+                        self.writer.dispatch([claimed.created])
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
             wf = (loaded or self._load_for(snap.run)).workflow
@@ -244,7 +246,7 @@ class Runtime:
         while not self._stopping:
             runnable.clear()  # before claiming: a run released meanwhile sets it again
             free = concurrency - len(active)
-            claimed: list[RunRow] = []
+            claimed: list[Claim] = []
             if free > 0:
                 try:
                     claimed = await asyncio.to_thread(
@@ -253,8 +255,8 @@ class Runtime:
                     )
                 except DatabaseUnavailable as exc:
                     log.warning("cannot claim runs: %s", exc)
-            for row in claimed:
-                active.add(asyncio.create_task(self._execute_claimed(row), name=row.id))
+            for claim in claimed:
+                active.add(asyncio.create_task(self._execute_claimed(claim), name=claim.run.id))
             if until_idle and not active and not claimed:
                 break
             waiters: set[asyncio.Future[Any]] = set(active)
@@ -271,13 +273,14 @@ class Runtime:
             await asyncio.wait(active)
         return finished
 
-    async def _execute_claimed(self, row: RunRow) -> Outcome:
+    async def _execute_claimed(self, claim: Claim) -> Outcome:
+        run_id = claim.run.id
         try:
-            return await self.execute(row.id, fence=row.fencing_token, claimed=row)
+            return await self.execute(run_id, fence=claim.run.fencing_token, claimed=claim)
         except StatepipeError as exc:  # one run we cannot execute (its code is missing here) must not stop a worker
-            log.error("run %s: %s; leaving it to other workers", row.id, exc)
-            self._skip.add(row.id)
-            return Outcome(row.id, "error")
+            log.error("run %s: %s; leaving it to other workers", run_id, exc)
+            self._skip.add(run_id)
+            return Outcome(run_id, "error")
 
     # -- control ----------------------------------------------------------------------------
 

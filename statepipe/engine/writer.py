@@ -14,6 +14,7 @@ store and the views in the order they were queued."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -37,7 +38,7 @@ Listener = Callable[[list[Event]], None]
 class _Item:
     change: Change
     soft: bool
-    future: Future[list[Event]] | None = None
+    future: Future[list[Event]] | asyncio.Future[list[Event]] | None = None
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -94,6 +95,13 @@ class Writer:
     def submit(self, change: Change) -> Future[list[Event]]:
         """Queue a transition; the future resolves once it is committed."""
         fut: Future[list[Event]] = Future()
+        self._q.put(_Item(change, soft=False, future=fut))
+        return fut
+
+    def committed(self, change: Change) -> asyncio.Future[list[Event]]:
+        """`submit` for a coroutine: a future of the running loop, which the writer resolves
+        together with every other of that loop's waiters in its batch (one wake-up, not one each)."""
+        fut: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
         self._q.put(_Item(change, soft=False, future=fut))
         return fut
 
@@ -181,25 +189,25 @@ class Writer:
             except LeaseLost as exc:
                 lost = exc.args[0]
                 self._lost.add(lost)
-                for item in batch:
-                    if item.change.run_id == lost and item.future is not None:
-                        item.future.set_exception(LeaseLost(f"run {lost}: another executor took it over"))
+                _resolve([
+                    (item.future, None, LeaseLost(f"run {lost}: another executor took it over"))
+                    for item in batch if item.change.run_id == lost and item.future is not None
+                ])
                 batch = [i for i in batch if i.change.run_id != lost]
                 continue
             except Exception as exc:  # the database stayed away: every waiter learns why
-                for item in batch:
-                    if item.future is not None:
-                        item.future.set_exception(exc)
+                _resolve([(item.future, None, exc) for item in batch if item.future is not None])
                 return
             self.transactions += 1
-            events = [e for r in results for e in r]
-            for item, result in zip(batch, results):
-                if item.future is not None:
-                    item.future.set_result(result)
-            self.dispatch(events)
+            self.dispatch([e for r in results for e in r])
+            _resolve([(item.future, result, None) for item, result in zip(batch, results) if item.future is not None])
             return
 
     def _commit_retrying(self, changes: list[Change]) -> list[list[Event]]:
+        try:
+            return self.store.commit(changes)
+        except DatabaseUnavailable:  # only now is a retry policy worth building
+            pass
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
             wait=tenacity.wait_exponential(multiplier=0.2, max=5),
@@ -208,6 +216,38 @@ class Writer:
             before_sleep=lambda rs: log.warning("database unavailable, retrying: %s", rs.outcome.exception() if rs.outcome else ""),
         )
         return retrying(self.store.commit, changes)
+
+
+Outcome = tuple["Future[list[Event]] | asyncio.Future[list[Event]]", "list[Event] | None", "BaseException | None"]
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    """Settle waiters from the writer thread: thread futures at once, each loop's futures in one
+    callback on that loop (a wake-up through its self-pipe costs a syscall and a loop turn)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        fut, result, exc = outcome
+        if isinstance(fut, asyncio.Future):
+            by_loop.setdefault(fut.get_loop(), []).append(outcome)
+        elif exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result or [])
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for fut, result, exc in outcomes:
+        if fut.done():  # the waiter was cancelled meanwhile
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result or [])
 
 
 def _coalesce(batch: list[_Item]) -> list[_Item]:

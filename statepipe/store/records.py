@@ -268,6 +268,15 @@ class StepRow:
         return None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A run a worker just claimed, and the run's first event (run_created): a run nothing has
+    happened to since is executed without reading it back, and its event file starts complete."""
+
+    run: RunRow
+    created: Event | None
+
+
 @dataclass
 class RunSnapshot:
     """A run with all its steps and attempts: what inspect shows and what resume starts from."""

@@ -21,6 +21,7 @@ from statepipe.errors import ConflictError, DatabaseUnavailable, LeaseLost, NotF
 from statepipe.store.records import (
     AttemptRow,
     Change,
+    Claim,
     Event,
     NewEvent,
     NewRun,
@@ -287,10 +288,11 @@ class Store:
         workflows: Sequence[str] | None = None,
         batch_id: str | None = None,
         skip: Sequence[str] = (),
-    ) -> list[RunRow]:
+    ) -> list[Claim]:
         """Claim up to `limit` runs nobody holds (new, released, or whose owner's lease ran out),
         oldest first; concurrent workers skip each other's rows instead of waiting. Returns the
-        claimed rows as they now are (their fencing token is the claim's)."""
+        claimed rows as they now are (their fencing token is the claim's), each with its first
+        event, read in the same statement."""
         with self._tx() as conn, conn.transaction():
             rows = conn.cursor(row_factory=dict_row).execute(
                 "WITH c AS (SELECT id FROM statepipe.runs"
@@ -302,7 +304,8 @@ class Store:
                 "  ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
                 " UPDATE statepipe.runs r SET owner = %(owner)s, lease_expires_at = now() + %(ttl)s,"
                 "  fencing_token = r.fencing_token + 1"
-                " FROM c WHERE r.id = c.id RETURNING r.*",
+                " FROM c LEFT JOIN statepipe.events e ON e.run_id = c.id AND e.seq = 1"
+                " WHERE r.id = c.id RETURNING r.*, e.ts AS first_ts, e.type AS first_type, e.data AS first_data",
                 {
                     "workflows": list(workflows) if workflows else None,
                     "batch": batch_id,
@@ -312,7 +315,7 @@ class Store:
                     "ttl": timedelta(seconds=ttl),
                 },
             ).fetchall()
-        return [RunRow(**r) for r in rows]
+        return [_claim(r) for r in rows]
 
     def heartbeat(self, run_id: str, fence: int, ttl: float) -> tuple[bool, str | None]:
         """Extend the lease; returns whether we still own the run, and any pending request."""
@@ -469,6 +472,12 @@ def _document(
     }
     head = _DOCUMENT({k: v for k, v in body.items() if v})
     return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
+
+
+def _claim(row: dict[str, Any]) -> Claim:
+    ts, type_, data = row.pop("first_ts"), row.pop("first_type"), row.pop("first_data")
+    run = RunRow(**row)
+    return Claim(run, Event(run.id, 1, ts, type_, None, None, None, data) if type_ is not None else None)
 
 
 def _run_row(conn: psycopg.Connection[Any], run_id: str) -> RunRow:
