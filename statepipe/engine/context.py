@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ class StepContext:
     attempt: int
     input: dict[str, Any]
     _publish: Callable[[NewEvent], None] = field(repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stopped: bool = field(default=False, repr=False)  # set by the engine; a step thread only reads it
     dry_run: bool = False  # LLM calls are answered by the simulated model
     last_error: str | None = None  # why the previous attempt failed: a repair prompt can quote it
     feedback: str | None = None  # what the user asked of this step (rerun --feedback, statepipe feedback)
@@ -38,11 +37,11 @@ class StepContext:
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stopped
 
     def checkpoint(self) -> None:
         """A safe place to stop: raises StepInterrupted when the run is being stopped."""
-        if self._stop.is_set():
+        if self._stopped:
             raise StepInterrupted(f"step {self.step} interrupted")
 
     def _event(self, type_: str, data: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
-from statepipe.engine.threads import POOL
+from statepipe.engine.threads import POOL, inbox
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
@@ -181,24 +181,19 @@ def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Fu
     abandoned, and never holds the process open."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
+    box = inbox(loop)
 
     def settle(ok: bool, value: Any) -> None:
-        if not fut.done():
+        if not fut.done():  # an abandoned attempt's future was cancelled: nobody waits for it
             fut.set_result(value) if ok else fut.set_exception(value)
-
-    def deliver(ok: bool, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, ok, value)
-        except RuntimeError:  # the loop is gone: this attempt was abandoned, nobody waits for it
-            pass
 
     def target() -> None:
         try:
             result = fn(**kwargs)
         except BaseException as exc:  # delivered to the awaiting task, where it is classified
-            deliver(False, exc)
+            box.put(settle, False, exc)
         else:
-            deliver(True, result)
+            box.put(settle, True, result)
 
     POOL.submit(target)
     return fut
@@ -684,7 +679,7 @@ class RunExecutor:
         try:
             return await asyncio.wait_for(awaitable, st.step.timeout)
         except asyncio.TimeoutError:
-            ctx._stop.set()
+            ctx._stopped = True
             raise StepTimeout(f"timed out after {st.step.timeout:g}s") from None
 
     def _publish(self, event: NewEvent) -> None:
@@ -922,7 +917,7 @@ class RunExecutor:
         self._interrupted = True
         for task, st in self.tasks.items():
             if st.ctx is not None:
-                st.ctx._stop.set()
+                st.ctx._stopped = True
             task.cancel()
         self._wake.set()
 

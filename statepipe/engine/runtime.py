@@ -240,9 +240,17 @@ class Runtime:
         """Claim and execute runs nobody holds until stopped (or, `until_idle`, until none is
         left); returns how many runs this worker finished."""
         self._ensure_control()
-        self._runnable = runnable = asyncio.Event()
+        self._runnable = runnable = asyncio.Event()  # set by a notice, and when a slot frees up
         active: set[asyncio.Task[Outcome]] = set()
         finished = 0
+
+        def ended(task: asyncio.Task[Outcome]) -> None:
+            nonlocal finished
+            active.discard(task)
+            if not task.cancelled() and task.exception() is None and task.result().state in RUN_FINISHED:
+                finished += 1
+            runnable.set()
+
         while not self._stopping:
             runnable.clear()  # before claiming: a run released meanwhile sets it again
             free = concurrency - len(active)
@@ -256,19 +264,13 @@ class Runtime:
                 except DatabaseUnavailable as exc:
                     log.warning("cannot claim runs: %s", exc)
             for claim in claimed:
-                active.add(asyncio.create_task(self._execute_claimed(claim), name=claim.run.id))
+                task = asyncio.create_task(self._execute_claimed(claim), name=claim.run.id)
+                active.add(task)
+                task.add_done_callback(ended)
             if until_idle and not active and not claimed:
                 break
-            waiters: set[asyncio.Future[Any]] = set(active)
-            if len(active) < concurrency:  # room for more: also wake on a notice, or poll
-                waiters.add(asyncio.create_task(_until(runnable, poll)))
-            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending - active:
-                task.cancel()
-            for task in done & active:
-                active.discard(task)  # type: ignore[arg-type]
-                if not task.cancelled() and task.exception() is None and task.result().state in RUN_FINISHED:
-                    finished += 1
+            # a slot freeing up or a notice sets it; with room for more, poll as well
+            await _until(runnable, poll if len(active) < concurrency else None)
         if active:
             await asyncio.wait(active)
         return finished
@@ -372,10 +374,11 @@ def _untouched(run: RunRow, steps: Sequence[NewStepRow]) -> RunSnapshot:
     return RunSnapshot(dataclasses.replace(run, steps_total=len(rows)), rows)
 
 
-async def _until(event: asyncio.Event, timeout: float) -> None:
+async def _until(event: asyncio.Event, timeout: float | None) -> None:
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
         pass
 
 

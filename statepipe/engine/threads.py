@@ -1,4 +1,5 @@
-"""Daemon threads for sync steps, reused between steps.
+"""Threads around the event loop: daemon threads for sync steps, reused between steps, and the
+inbox through which threads hand results back to a loop.
 
 Daemon, so that a step abandoned after a timeout or shutdown never holds the process open (a
 ThreadPoolExecutor joins its threads at exit); pooled, because starting a thread per step costs
@@ -6,9 +7,12 @@ more than many steps do."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 
 class DaemonPool:
@@ -35,3 +39,43 @@ class DaemonPool:
 
 
 POOL = DaemonPool()
+
+
+class LoopInbox:
+    """Calls handed to one event loop from other threads, run in order on the loop. Each
+    `call_soon_threadsafe` writes to the loop's self-pipe and costs a loop turn; the inbox wakes
+    the loop once for everything that arrives before it gets round to it (twenty runs' steps
+    finishing together, a batch of commits)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+
+    def put(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._calls.append((fn, args))
+            if len(self._calls) > 1:  # a wake-up is already on its way
+                return
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for fn, args in calls:
+            fn(*args)
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox] = weakref.WeakKeyDictionary()
+_INBOXES_LOCK = threading.Lock()
+
+
+def inbox(loop: asyncio.AbstractEventLoop) -> LoopInbox:
+    with _INBOXES_LOCK:
+        box = _INBOXES.get(loop)
+        if box is None:
+            box = _INBOXES[loop] = LoopInbox(loop)
+        return box

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
+from statepipe.engine.threads import inbox
 from statepipe.errors import DatabaseUnavailable, LeaseLost
 from statepipe.store.records import Change, Event, NewEvent
 from statepipe.store.store import Store
@@ -223,7 +224,7 @@ Outcome = tuple["Future[list[Event]] | asyncio.Future[list[Event]]", "list[Event
 
 def _resolve(outcomes: list[Outcome]) -> None:
     """Settle waiters from the writer thread: thread futures at once, each loop's futures in one
-    callback on that loop (a wake-up through its self-pipe costs a syscall and a loop turn)."""
+    call through its inbox."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for outcome in outcomes:
         fut, result, exc = outcome
@@ -234,10 +235,7 @@ def _resolve(outcomes: list[Outcome]) -> None:
         else:
             fut.set_result(result or [])
     for loop, settled in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, settled)
-        except RuntimeError:  # the loop has closed: nobody is waiting any more
-            pass
+        inbox(loop).put(_settle, settled)
 
 
 def _settle(outcomes: list[Outcome]) -> None:

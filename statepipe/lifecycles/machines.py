@@ -117,28 +117,24 @@ class Lifecycle:
     """The state of one run or step; `send` moves it as its machine allows, or raises
     IllegalTransition naming what was refused."""
 
-    __slots__ = ("_decider", "_state", "_what")
+    __slots__ = ("_decider", "state", "_what")
 
     def __init__(self, machine: type[StateMachine], state: str, what: str) -> None:
         self._decider = _decider(machine)
         if state not in self._decider.states:
             raise IllegalTransition(f"{what}: unknown state {state!r}")
-        self._state = state
+        self.state = state  # read on every scheduling pass: a plain attribute, written only by send
         self._what = what
 
-    @property
-    def state(self) -> str:
-        return self._state
-
     def send(self, event: str) -> str:
-        target = self._decider.target(self._state, event)
+        target = self._decider.target(self.state, event)
         if target is None:
-            raise IllegalTransition(f"{self._what}: cannot {event} when {self._state}")
-        self._state = target
+            raise IllegalTransition(f"{self._what}: cannot {event} when {self.state}")
+        self.state = target
         return target
 
     def can(self, event: str) -> bool:
-        return self._decider.target(self._state, event) is not None
+        return self._decider.target(self.state, event) is not None
 
 
 def run_lifecycle(state: str, run_id: str = "run") -> Lifecycle:

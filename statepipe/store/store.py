@@ -293,7 +293,7 @@ class Store:
         oldest first; concurrent workers skip each other's rows instead of waiting. Returns the
         claimed rows as they now are (their fencing token is the claim's), each with its first
         event, read in the same statement."""
-        with self._tx() as conn, conn.transaction():
+        with self._tx() as conn:  # one statement: its own transaction
             rows = conn.cursor(row_factory=dict_row).execute(
                 "WITH c AS (SELECT id FROM statepipe.runs"
                 "  WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry'))"

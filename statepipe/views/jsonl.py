@@ -135,7 +135,7 @@ def result_record(run: RunRow, result: Any) -> dict[str, Any]:
 def append_result(output_dir: Path, record: dict[str, Any]) -> None:
     """One line per finished run in <output_dir>/results.jsonl; a single write keeps lines whole
     when several processes append."""
-    line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode()
+    line = (_LINE(record) + "\n").encode()
     with (output_dir / "results.jsonl").open("ab") as fh:
         fh.write(line)
 
