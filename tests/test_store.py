@@ -145,3 +145,29 @@ def test_a_single_connection_store_keeps_the_url_it_was_given_for_its_listeners(
         assert psycopg.conninfo.conninfo_to_dict(store.pool.conninfo)["password"] == "s3cret"
     finally:
         store.pool.close()
+
+
+def test_a_finished_run_is_freed_by_reference_counting_without_a_garbage_collection(store):
+    """A run's executor, steps and outputs form no reference cycle once it ends: a worker that
+    executes thousands of runs does not hold them (and their outputs) until a full GC pass."""
+    import asyncio
+    import gc
+
+    from conftest import workflow_path
+    from statepipe.definition.loader import load
+    from statepipe.engine.executor import RunExecutor, StepState
+    from statepipe.engine.runtime import Runtime
+
+    runtime = Runtime(store)
+    loaded = load(workflow_path("mixed"))
+    gc.collect()
+    gc.disable()
+    try:
+        run_id = runtime.create_run(loaded, {})
+        outcome = asyncio.run(runtime.execute(run_id, loaded))
+        del outcome
+        left = [o for o in gc.get_objects() if isinstance(o, (RunExecutor, StepState))]
+    finally:
+        gc.enable()
+        runtime.close()
+    assert left == []

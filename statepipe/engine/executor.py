@@ -708,7 +708,11 @@ class RunExecutor:
             except asyncio.TimeoutError:
                 pass
         for task in [t for t in self.tasks if t.done()]:
-            self._settle(self.tasks.pop(task), task, change)
+            st = self.tasks.pop(task)
+            self._settle(st, task, change)
+            # the attempt is over: its context (which points back at this executor) goes, so a
+            # finished run is freed by reference counting, outputs and all, not by a full GC pass
+            st.ctx = None
 
     # -- outcomes ---------------------------------------------------------------------------
 
