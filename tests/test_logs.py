@@ -230,3 +230,31 @@ def test_event_files_of_runs_that_ended_are_closed_so_a_long_lived_worker_holds_
     finally:
         files.close()
         runtime.close()
+
+
+def test_a_worker_starts_a_claimed_runs_event_file_from_the_claim_without_reading_events_back(store, tmp_path, monkeypatch):
+    import asyncio
+
+    from statepipe.views.jsonl import EventFiles
+
+    submitter = Runtime(store)  # another process's `run --detach`: nothing written to files here
+    ids = submitter.create_runs(load(workflow_path("echo")), [{"n": i} for i in range(3)], detach=True)
+    submitter.writer.close()
+    worker = Runtime(store)
+    files = EventFiles(tmp_path, store)
+    worker.listen(files.write)
+
+    def no_backfill(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the event file was backfilled from the store")
+
+    monkeypatch.setattr(store, "events_after", no_backfill)
+    try:
+        assert asyncio.run(worker.work(2, until_idle=True)) == 3
+        worker.writer.flush()
+        for run_id in ids:
+            lines = _jsonl((tmp_path / f"{run_id}.jsonl").read_text())
+            assert lines[0]["type"] == "run_created" and lines[0]["data"]["input"]["n"] in (0, 1, 2)
+            assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    finally:
+        files.close()
+        worker.close()
