@@ -219,13 +219,14 @@ class Writer:
         return retrying(self.store.commit, changes)
 
 
-Outcome = tuple["Future[list[Event]] | asyncio.Future[list[Event]]", "list[Event] | None", "BaseException | None"]
+# a waiter, and what it is settled with: the events committed, or why not
+_Waiter = tuple["Future[list[Event]] | asyncio.Future[list[Event]]", "list[Event] | None", "BaseException | None"]
 
 
-def _resolve(outcomes: list[Outcome]) -> None:
+def _resolve(outcomes: list[_Waiter]) -> None:
     """Settle waiters from the writer thread: thread futures at once, each loop's futures in one
     call through its inbox."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
     for outcome in outcomes:
         fut, result, exc = outcome
         if isinstance(fut, asyncio.Future):
@@ -238,7 +239,7 @@ def _resolve(outcomes: list[Outcome]) -> None:
         inbox(loop).put(_settle, settled)
 
 
-def _settle(outcomes: list[Outcome]) -> None:
+def _settle(outcomes: list[_Waiter]) -> None:
     for fut, result, exc in outcomes:
         if fut.done():  # the waiter was cancelled meanwhile
             continue
