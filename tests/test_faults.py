@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, EventReader, cli_env, error_message, is_event, workflow_path
+from conftest import REPO, EventReader, cli_env, error_message, is_event, step_of, workflow_path
 from statepipe.errors import EXIT_INTERRUPTED, EXIT_RUN_CANCELLED, EXIT_RUN_FAILED
 from statepipe.store.database import open_store
 
@@ -97,6 +97,17 @@ def assert_each_step_succeeded_once(snap: Any, items: int = 5, transient: bool =
             else:
                 assert a.state == "abandoned", (key(step), a.number, a.state)
     assert snap.run.owner is None  # released at the end
+
+
+def resume_to_success(cli: Any, store: Any, run_id: str, *options: str, transient: bool = True) -> Any:
+    """`statepipe resume` the run; it must end succeeded, every step once, with faulty's result.
+    Returns the run's snapshot for what a test checks beyond that."""
+    resumed = cli("resume", run_id, *options)
+    assert resumed.returncode == 0, resumed.stderr
+    after = store.snapshot(run_id)
+    assert_each_step_succeeded_once(after, transient=transient)
+    assert after.result() == EXPECTED
+    return after
 
 
 def owner_pid(owner: str | None) -> int | None:
@@ -201,12 +212,12 @@ def _kill_and_resume_trial(spawn: Any, cli: Any, store: Any, delays: list[float]
     after = store.snapshot(run_id)
     assert_each_step_succeeded_once(after)
     for k, old in done_before.items():  # completed before a kill: kept as it was
-        new = next(s for s in work_steps(after) if key(s) == k)
+        new = step_of(after, *k)
         assert [(a.number, a.state, a.finished_at) for a in new.attempts] == [
             (a.number, a.state, a.finished_at) for a in old.attempts
         ], (where, k)
     for k in in_flight:  # an attempt in flight at a kill was abandoned, then a new one succeeded
-        new = next(s for s in work_steps(after) if key(s) == k)
+        new = step_of(after, *k)
         assert "abandoned" in [a.state for a in new.attempts], (where, k)
     assert after.result() == reference == EXPECTED, where
     return bool(first_unfinished)
@@ -311,7 +322,7 @@ def test_sigterm_on_a_worker_drains_its_run_and_another_worker_finishes_it(spawn
     def mid_run() -> Any:
         assert_alive(worker)
         snap = store.snapshot(run_id)
-        branch = next(s for s in snap.steps if key(s) == ("branch", ""))
+        branch = step_of(snap, "branch")
         return snap if owner_pid(snap.run.owner) == worker.pid and branch.state == "running" else None
 
     at_signal = wait_for(mid_run, 60, "the worker to execute the run")
@@ -464,7 +475,7 @@ def test_a_run_killed_while_the_database_was_down_reruns_what_it_could_not_commi
     try:
         snap = store.snapshot(run_id)
         assert_each_step_succeeded_once(snap, transient=False)
-        branch = next(s for s in snap.steps if key(s) == ("branch", ""))
+        branch = step_of(snap, "branch")
         assert [a.state for a in branch.attempts] == ["abandoned", "succeeded"]  # run again, recorded once
         assert snap.result() == EXPECTED
     finally:
@@ -532,7 +543,7 @@ def test_cancel_from_another_process_stops_the_live_run_and_resume_refuses(spawn
     assert states[("seed", "")] == "succeeded"
     assert states[("branch", "")] == "cancelled" and states[("join", "")] == "cancelled"
     assert not {k for k, v in states.items() if v in ("running", "pending", "waiting")}
-    branch = next(s for s in snap.steps if key(s) == ("branch", ""))
+    branch = step_of(snap, "branch")
     assert [(a.state, a.error) for a in branch.attempts] == [("cancelled", "cancelled")]
 
     again = cli("resume", run_id)
@@ -554,7 +565,7 @@ def test_cancel_of_a_run_whose_process_died_cancels_it_at_once(spawn, cli, store
     assert snap.run.state == "cancelled" and snap.run.owner is None
     for step in work_steps(snap):
         assert step.state in ("succeeded", "cancelled"), key(step)
-    branch = next(s for s in snap.steps if key(s) == ("branch", ""))
+    branch = step_of(snap, "branch")
     assert [a.state for a in branch.attempts] == ["abandoned"]  # the attempt that died with the process
     assert store.events_after(run_id, 0, 100_000)[-1].type == "run_cancelled"
 
@@ -569,14 +580,10 @@ def test_pause_of_a_run_whose_process_died_rests_it_paused_and_resume_completes(
     assert done.stdout.strip() == f"{run_id}  running -> paused"
     paused = store.snapshot(run_id)
     assert paused.run.state == "paused" and paused.run.owner is None
-    branch = next(s for s in paused.steps if key(s) == ("branch", ""))
+    branch = step_of(paused, "branch")
     assert branch.state == "pending" and [a.state for a in branch.attempts] == ["abandoned"]
 
-    resumed = cli("resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after)
-    assert after.result() == EXPECTED
+    resume_to_success(cli, store, run_id)
 
 
 def test_cancel_of_a_paused_run_needs_no_process_and_cancels_what_was_left(cli, store):
@@ -615,12 +622,8 @@ def test_pause_from_another_process_lets_running_steps_finish_then_resume_comple
     assert not [k for k, v in states.items() if v == "running" and k != ("fan", "")]
     assert not [s for s in work_steps(paused) if any(a.state == "abandoned" for a in s.attempts)]
 
-    resumed = cli("resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after)
+    after = resume_to_success(cli, store, run_id)
     assert not [s for s in work_steps(after) if any(a.state == "abandoned" for a in s.attempts)]
-    assert after.result() == EXPECTED
 
 
 def test_pause_now_stops_running_steps_which_run_again_on_resume(spawn, cli, store):
@@ -635,18 +638,14 @@ def test_pause_now_stops_running_steps_which_run_again_on_resume(spawn, cli, sto
 
     paused = store.snapshot(run_id)
     assert paused.run.state == "paused" and paused.run.owner is None
-    branch = next(s for s in paused.steps if key(s) == ("branch", ""))
+    branch = step_of(paused, "branch")
     # stopped at its next emit, not allowed to finish its 3 s attempt: it runs again on resume
     assert branch.state == "pending" and [a.state for a in branch.attempts] == ["abandoned"]
     assert (branch.attempts[0].finished_at - branch.attempts[0].started_at).total_seconds() < 2.5
 
-    resumed = cli("resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after)
-    branch = next(s for s in after.steps if key(s) == ("branch", ""))
+    after = resume_to_success(cli, store, run_id)
+    branch = step_of(after, "branch")
     assert [a.state for a in branch.attempts] == ["abandoned", "succeeded"]
-    assert after.result() == EXPECTED
 
 
 # -- SIGTERM drain ------------------------------------------------------------------------------------
@@ -676,12 +675,8 @@ def test_sigterm_drains_running_steps_within_grace_and_resume_completes(spawn, c
     assert states[("join", "")] == "pending"
     assert not [k for k, v in states.items() if v == "running" and k != ("fan", "")]
 
-    resumed = cli("resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after, transient=False)
+    after = resume_to_success(cli, store, run_id, transient=False)
     assert all(len(s.attempts) == 1 for s in work_steps(after))  # a drain abandons nothing
-    assert after.result() == EXPECTED
 
 
 def test_sigterm_with_a_short_grace_abandons_the_running_attempts_and_resume_reruns_them(spawn, cli, store):
@@ -696,17 +691,13 @@ def test_sigterm_with_a_short_grace_abandons_the_running_attempts_and_resume_rer
 
     left = store.snapshot(run_id)
     assert left.run.state == "running" and left.run.owner is None
-    seed = next(s for s in left.steps if key(s) == ("seed", ""))
+    seed = step_of(left, "seed")
     assert seed.state == "pending"
     assert [(a.state, a.error) for a in seed.attempts] == [("abandoned", "interrupted")]
 
-    resumed = cli("resume", run_id, "--grace", "0.3")
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after, transient=False)
-    seed = next(s for s in after.steps if key(s) == ("seed", ""))
+    after = resume_to_success(cli, store, run_id, "--grace", "0.3", transient=False)
+    seed = step_of(after, "seed")
     assert [a.state for a in seed.attempts] == ["abandoned", "succeeded"]
-    assert after.result() == EXPECTED
 
 
 def test_a_second_sigterm_exits_at_once_and_resume_continues(spawn, cli, store):
@@ -721,15 +712,11 @@ def test_a_second_sigterm_exits_at_once_and_resume_continues(spawn, cli, store):
 
     left = store.snapshot(run_id)
     assert left.run.state == "running"
-    assert next(s for s in left.steps if key(s) == ("seed", "")).state == "running"
+    assert step_of(left, "seed").state == "running"
 
-    resumed = cli("resume", run_id)  # the owner is dead: no need to wait for its lease
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after, transient=False)
-    seed = next(s for s in after.steps if key(s) == ("seed", ""))
+    after = resume_to_success(cli, store, run_id, transient=False)  # the owner is dead: no need to wait for its lease
+    seed = step_of(after, "seed")
     assert [a.state for a in seed.attempts] == ["abandoned", "succeeded"]
-    assert after.result() == EXPECTED
 
 
 def test_a_transient_failure_during_a_sigterm_drain_leaves_the_step_to_be_retried_on_resume(spawn, cli, store):
@@ -743,17 +730,13 @@ def test_a_transient_failure_during_a_sigterm_drain_leaves_the_step_to_be_retrie
     assert drained.run.state == "running" and drained.run.owner is None and drained.run.error is None
     assert not drained.compensations()  # a drain is not a failure: nothing is undone
     for k in (("flaky", ""), ("fan", "1")):  # the two designed failures, both during the drain
-        step = next(s for s in drained.steps if key(s) == k)
+        step = step_of(drained, *k)
         assert step.state == "waiting" and step.next_attempt_at is not None, (k, step.state, step.error)
         assert [a.state for a in step.attempts] == ["failed"], k
 
-    resumed = cli("resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr
-    after = store.snapshot(run_id)
-    assert_each_step_succeeded_once(after)
+    after = resume_to_success(cli, store, run_id)
     for k in (("flaky", ""), ("fan", "1")):
-        assert [a.state for a in next(s for s in after.steps if key(s) == k).attempts] == ["failed", "succeeded"], k
-    assert after.result() == EXPECTED
+        assert [a.state for a in step_of(after, *k).attempts] == ["failed", "succeeded"], k
 
 
 # -- compensation ----------------------------------------------------------------------------------
@@ -878,7 +861,7 @@ def test_cancel_with_compensate_undoes_the_completed_steps_and_ends_cancelled(sp
     assert snap.run.state == "cancelled"
     labels = _assert_compensated_in_reverse_completion_order(snap, log)
     assert sorted(labels) == sorted(["seed", "flaky", "branch", "fan[0]", "fan[1]", "fan[2]"])
-    join = next(s for s in snap.steps if key(s) == ("join", ""))
+    join = step_of(snap, "join")
     assert join.state == "cancelled"  # stopped at its next emit, not compensated (it never completed)
     assert [a.state for a in join.attempts] == ["cancelled"]
     events = store.events_after(run_id, 0, 100_000)
@@ -1031,6 +1014,6 @@ def test_batch_with_failing_inputs_exits_1_and_a_second_invocation_retries_only_
     assert "4 inputs; 0 new, 2 to retry, 2 kept" in " ".join(second.stderr.split())
     assert {r: store.get_run(r).last_seq for r in ok} == seqs  # succeeded runs untouched
     for run_id in failed:
-        seed = next(s for s in store.snapshot(run_id).steps if key(s) == ("seed", ""))
+        seed = step_of(store.snapshot(run_id), "seed")
         assert [a.state for a in seed.attempts] == ["failed", "failed"]  # retried once, failed again
     assert len(store.list_runs(limit=100)) == 4
