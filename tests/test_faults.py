@@ -35,6 +35,7 @@ import pytest
 
 from conftest import REPO, EventReader, cli_env, error_message, is_event, step_of, workflow_path
 from statepipe.errors import EXIT_INTERRUPTED, EXIT_RUN_CANCELLED, EXIT_RUN_FAILED
+from statepipe.store import embedded
 from statepipe.store.database import open_store
 
 FAULTY = workflow_path("faulty")
@@ -413,6 +414,20 @@ def test_a_frozen_worker_is_taken_over_and_once_thawed_writes_nothing_and_keeps_
 # -- PostgreSQL restart in the middle of a run --------------------------------------------------------
 
 
+def skip_unless_embedded(server_url: str) -> None:
+    """These tests stop and start the server: only the embedded one of this test session."""
+    info = embedded.status()
+    if "STATEPIPE_HOME" not in os.environ or not info.running or info.url != server_url:
+        pytest.skip("the database server is external (STATEPIPE_DATABASE_URL): the test cannot restart it")
+
+
+def assert_events_whole(store: Any, snap: Any) -> None:
+    """Every seq from 1 to the run's last, and one run_succeeded: nothing lost, nothing twice."""
+    events = store.events_after(snap.run.id, 0, 100_000)
+    assert [e.seq for e in events] == list(range(1, snap.run.last_seq + 1))
+    assert sum(1 for e in events if e.type == "run_succeeded") == 1
+
+
 def _start_embedded() -> str:
     """Start the embedded server again, from a fresh process: pgserver caches its handle per
     process, so the test process could not restart it itself."""
@@ -423,11 +438,7 @@ def _start_embedded() -> str:
 
 
 def test_a_postgres_restart_in_the_middle_of_a_run_does_not_stop_it(spawn, cli, server_url, db_url):
-    from statepipe.store import embedded
-
-    info = embedded.status()
-    if "STATEPIPE_HOME" not in os.environ or not info.running or info.url != server_url:
-        pytest.skip("the database server is external (STATEPIPE_DATABASE_URL): the test cannot restart it")
+    skip_unless_embedded(server_url)
     proc, reader, run_id = start_run(spawn, pause=0.8)
     reader.until(is_event("step_started", "branch"), timeout=60)
     try:
@@ -445,19 +456,13 @@ def test_a_postgres_restart_in_the_middle_of_a_run_does_not_stop_it(spawn, cli, 
         snap = store.snapshot(run_id)
         assert_each_step_succeeded_once(snap)
         assert snap.result() == EXPECTED
-        events = store.events_after(run_id, 0, 100_000)
-        assert [e.seq for e in events] == list(range(1, snap.run.last_seq + 1))
-        assert sum(1 for e in events if e.type == "run_succeeded") == 1
+        assert_events_whole(store, snap)
     finally:
         store.pool.close()
 
 
 def test_a_run_killed_while_the_database_was_down_reruns_what_it_could_not_commit(spawn, cli, server_url, db_url):
-    from statepipe.store import embedded
-
-    info = embedded.status()
-    if "STATEPIPE_HOME" not in os.environ or not info.running or info.url != server_url:
-        pytest.skip("the database server is external (STATEPIPE_DATABASE_URL): the test cannot restart it")
+    skip_unless_embedded(server_url)
     proc, reader, run_id = start_run(spawn, pause=0.4, transient=False)
     reader.until(is_event("step_started", "branch"), timeout=60)
     try:
@@ -487,11 +492,7 @@ def test_a_database_outage_longer_than_the_lease_lets_one_worker_finish_each_run
     """Two workers, a 2 s lease, and PostgreSQL away for 4 s: when it is back, every lease has
     lapsed, so a run may change hands; whoever ends up owning it, it finishes once, and both
     workers stay up."""
-    from statepipe.store import embedded
-
-    info = embedded.status()
-    if "STATEPIPE_HOME" not in os.environ or not info.running or info.url != server_url:
-        pytest.skip("the database server is external (STATEPIPE_DATABASE_URL): the test cannot restart it")
+    skip_unless_embedded(server_url)
     run_ids = []
     for _ in range(2):
         done = cli("run", "--detach", FAULTY, "-i", "pause=0.5")
@@ -512,9 +513,7 @@ def test_a_database_outage_longer_than_the_lease_lets_one_worker_finish_each_run
             snap = fresh.snapshot(run_id)
             assert_each_step_succeeded_once(snap)
             assert snap.result() == EXPECTED
-            events = fresh.events_after(run_id, 0, 100_000)
-            assert [e.seq for e in events] == list(range(1, snap.run.last_seq + 1))
-            assert sum(1 for e in events if e.type == "run_succeeded") == 1
+            assert_events_whole(fresh, snap)
     finally:
         fresh.pool.close()
     for w in workers:
