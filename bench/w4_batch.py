@@ -17,6 +17,7 @@ that is what a user waits for at the terminal, not the engine's cost.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -76,6 +78,8 @@ class Workers:
             line = proc.stderr.readline()
             if not line.startswith("worker "):
                 raise BenchError(f"worker did not start: {line.strip() or proc.wait()}")
+            # then a line per finished run: read and dropped, so a full pipe never stalls a worker
+            threading.Thread(target=collections.deque, args=(proc.stderr, 0), daemon=True).start()
 
     def stop(self) -> None:
         for proc in self.procs:
