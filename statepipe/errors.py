@@ -54,6 +54,10 @@ class LeaseLost(StatepipeError):
 
     exit_code = 4
 
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id}: another executor took it over")
+        self.run_id = run_id
+
 
 class IllegalTransition(StatepipeError):
     """A state change its lifecycle does not allow; never written to the store."""

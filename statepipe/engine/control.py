@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS
 from statepipe.engine.lease import owner_is_dead
 from statepipe.engine.runtime import Runtime
-from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError
-from statepipe.lifecycles import run_lifecycle
+from statepipe.lifecycles import RUN_FINISHED, run_lifecycle
 from statepipe.store.records import Change, NewEvent, RunRow, RunWrite, utcnow
 from statepipe.store.store import channel
 

@@ -941,5 +941,5 @@ class RunExecutor:
                 continue
             if not owned:
                 self.interrupt()
-                raise LeaseLost(f"run {self.run_id}: another executor took it over")
+                raise LeaseLost(self.run_id)
             self.set_request(requested)

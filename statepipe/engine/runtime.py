@@ -32,7 +32,6 @@ from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 log = logging.getLogger("statepipe.runtime")
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     run_id: str
@@ -380,5 +379,3 @@ async def _until(event: asyncio.Event, timeout: float | None) -> None:
             await event.wait()
     except TimeoutError:
         pass
-
-

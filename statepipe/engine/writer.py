@@ -117,9 +117,9 @@ class Writer:
                 return None
             try:
                 (events,) = self.store.commit([change])
-            except LeaseLost as exc:
+            except LeaseLost:
                 self._lost.add(change.run_id)
-                raise LeaseLost(f"run {change.run_id}: another executor took it over") from exc
+                raise
             except DatabaseUnavailable:
                 return None
             self.transactions += 1
@@ -188,12 +188,9 @@ class Writer:
             try:
                 results = self._commit_retrying([i.change for i in batch])
             except LeaseLost as exc:
-                lost = exc.args[0]
+                lost = exc.run_id
                 self._lost.add(lost)
-                _resolve([
-                    (item.future, None, LeaseLost(f"run {lost}: another executor took it over"))
-                    for item in batch if item.change.run_id == lost and item.future is not None
-                ])
+                _resolve([(item.future, None, LeaseLost(lost)) for item in batch if item.change.run_id == lost and item.future is not None])
                 batch = [i for i in batch if i.change.run_id != lost]
                 continue
             except Exception as exc:  # the database stayed away: every waiter learns why

@@ -409,7 +409,7 @@ class Store:
         try:
             with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
                 for name in channels:
-                    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(name)))
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
                 yield conn
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lost the database connection: {first_line(exc)}") from exc

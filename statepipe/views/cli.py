@@ -727,7 +727,7 @@ def batch(
     from statepipe.engine import batch as batches
     from statepipe.engine.runtime import Runtime
     from statepipe.store.database import resolve_url
-    from statepipe.views.jsonl import result_record
+    from statepipe.views.jsonl import result_line
 
     loaded = load(workflow)
     inputs = batches.read_inputs(inputs_file, str(inputs_file))
@@ -778,7 +778,7 @@ def batch(
         results = store.results([r.id for r in runs.values()])
         for index in sorted(runs):
             run = runs[index]
-            sys.stdout.write(json.dumps(result_record(run, results.get(run.id)), default=str, ensure_ascii=False) + "\n")
+            sys.stdout.write(result_line(run, results.get(run.id)) + "\n")
     counts = batches.summary(store, bid)
     table = Table(title=f"batch {bid}", title_justify="left")
     for col in ("runs", "succeeded", "failed", "cancelled", "unfinished", "time", "runs/s"):

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from statepipe.store.records import Event, RunRow
+from statepipe.store.records import Event, RunRow, iso
 
 if TYPE_CHECKING:  # annotations only: `logs` and `inspect` should not import the engine
     from statepipe.engine.runtime import Outcome
@@ -117,27 +117,20 @@ class StdoutEvents:
                 pass
 
 
-def result_record(run: RunRow, result: Any) -> dict[str, Any]:
-    return {
+def result_line(run: RunRow, result: Any) -> str:
+    """A finished run as one JSON line, as results.jsonl and `batch --jsonl` print it."""
+    return _LINE({
         "run_id": run.id,
         "workflow": run.workflow,
         "state": run.state,
         "input": run.input,
         "result": result,
         "error": run.error,
-        "created_at": run.created_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
         "duration_s": run.duration,
-    }
-
-
-def append_result(output_dir: Path, record: dict[str, Any]) -> None:
-    """One line per finished run in <output_dir>/results.jsonl; a single write keeps lines whole
-    when several processes append."""
-    line = (_LINE(record) + "\n").encode()
-    with (output_dir / "results.jsonl").open("ab") as fh:
-        fh.write(line)
+    })
 
 
 class ResultWriter:
@@ -148,8 +141,11 @@ class ResultWriter:
         self._made_dir = False
 
     def __call__(self, outcome: Outcome) -> None:
+        """One line per finished run in <output_dir>/results.jsonl; a single write keeps lines
+        whole when several processes append."""
         assert outcome.run is not None
         if not self._made_dir:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._made_dir = True
-        append_result(self.output_dir, result_record(outcome.run, outcome.result))
+        with (self.output_dir / "results.jsonl").open("ab") as fh:
+            fh.write((result_line(outcome.run, outcome.result) + "\n").encode())
