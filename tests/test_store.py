@@ -77,6 +77,26 @@ def test_a_batch_of_many_runs_commits_each_runs_events_in_its_own_sequence(conn)
     ]
 
 
+@pytest.mark.parametrize("batch", [1, 3])  # one run has a path of its own in commit_changes
+def test_a_commit_under_a_stale_fencing_token_names_the_run_and_writes_nothing(conn, batch):
+    from statepipe.errors import LeaseLost
+
+    store = Store(SingleConnection(conn))
+    ids = _runs(store, batch, 3)
+    stale = ids[-1]
+    conn.execute("UPDATE statepipe.runs SET fencing_token = 2 WHERE id = %s", (stale,))  # another owner claimed it
+    with pytest.raises(LeaseLost) as lost:
+        store.commit([_step_done(run_id, 0, "{}") for run_id in ids])
+    assert lost.value.run_id == stale
+    counts = conn.execute(
+        "SELECT (SELECT count(*) FROM statepipe.events WHERE run_id = ANY(%(ids)s)),"
+        " (SELECT count(*) FROM statepipe.attempts WHERE run_id = ANY(%(ids)s)),"
+        " (SELECT max(last_seq) FROM statepipe.runs WHERE id = ANY(%(ids)s))",
+        {"ids": ids},
+    ).fetchone()
+    assert counts == (batch, 0, 1)  # each run's created event, nothing after it
+
+
 def test_a_big_output_is_stored_exactly_as_given(conn):
     store = Store(SingleConnection(conn))
     (run_id,) = _runs(store, 1, 2)

@@ -30,7 +30,7 @@ from statepipe.store.records import (
     StepRow,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 _DOCUMENT = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per commit
 LEASE_LOST_SQLSTATE = "SP001"
