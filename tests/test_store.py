@@ -191,3 +191,25 @@ def test_a_finished_run_is_freed_by_reference_counting_without_a_garbage_collect
         gc.enable()
         runtime.close()
     assert left == []
+
+
+def test_an_output_is_let_go_once_every_step_that_reads_it_has_succeeded(store):
+    """Decoded, a big output is many times its JSON in Python objects; a long chain keeps only
+    the outputs some unfinished step still needs, not every one it has produced."""
+    from conftest import run_here
+
+    run_id = run_here(store, "released")
+    snap = store.snapshot(run_id)
+    census = next(s for s in snap.steps if s.name == "census")
+    assert census.output == {"first": 0, "second": 0, "third": 500}  # third is census's own input
+
+
+def test_an_output_let_go_is_read_again_from_its_json_when_a_compensation_needs_it(store):
+    from conftest import run_here
+
+    run_id = run_here(store, "released", fail_at="census")
+    snap = store.snapshot(run_id)
+    assert snap.run.state == "failed"
+    (undo,) = [s for s in snap.steps if s.compensates == "first"]
+    assert undo.state == "succeeded"
+    assert undo.output == {"saw": 500, "head": {"from": "first", "i": 0, "path": ["first"]}}

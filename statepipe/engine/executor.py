@@ -76,6 +76,7 @@ class StepState:
     next_attempt_at: datetime | None = None
     decoded: Any = None  # the output, once decoded (see `output`)
     undecoded: str | None = None  # output JSON as stored, not decoded yet
+    stored: str | None = None  # output JSON as this process committed it, kept after decoding
     children: list[StepState] = field(default_factory=list)
     undoes: StepState | None = None  # set on a compensation: the step it undoes
     previous_error: str | None = None  # the failed attempt before this one
@@ -100,7 +101,14 @@ class StepState:
 
     @output.setter
     def output(self, value: Any) -> None:
-        self.decoded, self.undecoded = value, None
+        self.decoded, self.undecoded, self.stored = value, None, None
+
+    def release(self) -> None:
+        """Let the decoded output go, keeping its JSON: decoded, a megabyte of JSON is several
+        of Python objects, which every full garbage collection walks. Read again, it is decoded
+        again from the same text."""
+        if self.stored is not None and self.undecoded is None:
+            self.decoded, self.undecoded = None, self.stored
 
     @property
     def item_or_none(self) -> str | None:
@@ -226,6 +234,10 @@ class RunExecutor:
         self._late: list[NewEvent] = []  # events raised outside a round (hook failures)
         self._undecoded: list[StepState] = []  # outputs the next commit stores
         self._wake = asyncio.Event()
+        # steps whose decoded output goes once all their dependents have succeeded: not the
+        # result's, not a fan-out's source (its items live on in the children)
+        kept = set(wf.sinks()) | {s.map_over for s in wf.steps if s.map_over}
+        self._consumers = {name: deps for name, deps in wf.dependents().items() if name not in kept and deps}
         self._load(snap)
 
     # -- loading ----------------------------------------------------------------------------
@@ -765,7 +777,7 @@ class RunExecutor:
     ) -> None:
         """`value` is what the step returned (None when reused from the cache): enough for the
         one-line summary, while consumers get the stored JSON decoded."""
-        st.undecoded = text
+        st.undecoded = st.stored = text
         self._undecoded.append(st)
         st.lc.send("succeed")
         st.finished_at = utcnow()
@@ -780,6 +792,16 @@ class RunExecutor:
             parent = self.parents[st.name]
             if parent.state == "running" and all(c.state == "succeeded" for c in parent.children):
                 self._succeed_parent(parent, change)
+        elif st.undoes is None:
+            self._release_inputs(st)
+
+    def _release_inputs(self, st: StepState) -> None:
+        """Once every consumer of an upstream output has succeeded, nothing in this run reads it
+        again but a compensation, so its decoded copy is let go (its JSON stays)."""
+        for name in st.step.depends_on:
+            consumers = self._consumers.get(name)
+            if consumers and all(self.parents[c].state == "succeeded" for c in consumers):
+                self.parents[name].release()
 
     def _succeed_parent(self, parent: StepState, change: Change) -> None:
         parent.output = [c.output for c in parent.children]
