@@ -83,15 +83,22 @@ class Writer:
 
     def _show(self) -> None:
         while True:
-            item = self._shown.get()
+            item: list[Event] | threading.Event | None = self._shown.get()
+            events: list[Event] = []
+            while isinstance(item, list):  # everything committed meanwhile goes out in one call
+                events += item
+                try:
+                    item = self._shown.get_nowait()
+                except queue.Empty:
+                    item = None
+            if events:
+                for fn in list(self._listeners):
+                    try:
+                        fn(events)
+                    except Exception:  # a view must never break the engine
+                        log.exception("event listener failed")
             if isinstance(item, threading.Event):  # a flush: everything before it has been shown
                 item.set()
-                continue
-            for fn in list(self._listeners):
-                try:
-                    fn(item)
-                except Exception:  # a view must never break the engine
-                    log.exception("event listener failed")
 
     def submit(self, change: Change) -> Future[list[Event]]:
         """Queue a transition; the future resolves once it is committed."""
