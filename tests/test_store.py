@@ -213,3 +213,29 @@ def test_an_output_let_go_is_read_again_from_its_json_when_a_compensation_needs_
     (undo,) = [s for s in snap.steps if s.compensates == "first"]
     assert undo.state == "succeeded"
     assert undo.output == {"saw": 500, "head": {"from": "first", "i": 0, "path": ["first"]}}
+
+
+def test_commits_keep_to_one_connection_however_many_the_pool_has_opened(db_url, monkeypatch):
+    """The pool hands its idle connections out in turn; commits, one after another on the hot
+    path, stay on one backend whose caches are warm."""
+    from statepipe.store.database import open_store
+
+    store = open_store(db_url, max_size=6)
+    try:
+        held = [store.pool.getconn() for _ in range(5)]  # a busy moment opens five
+        for conn in held:
+            store.pool.putconn(conn)
+        used: list[int] = []
+        real = Store._commit_changes
+
+        def noting(self: Store, conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
+            used.append(conn.info.backend_pid)
+            return real(self, conn, *args, **kwargs)
+
+        (run_id,) = _runs(store, 1, 6)
+        monkeypatch.setattr(Store, "_commit_changes", noting)
+        for i in range(5):
+            store.commit([_step_done(run_id, i, "{}")])
+        assert len(used) == 5 and len(set(used)) == 1
+    finally:
+        store.pool.close()

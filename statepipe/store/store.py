@@ -66,6 +66,10 @@ class ConnectionSource(Protocol):
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
 
+    def committing(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A connection for the write path (see database.Pool)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -74,9 +78,9 @@ class Store:
         self.pool = pool
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+    def _tx(self, committing: bool = False) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self.pool.connection() as conn:
+            with self.pool.committing() if committing else self.pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lost the database connection: {first_line(exc)}") from exc
@@ -357,7 +361,7 @@ class Store:
         for i, ch in enumerate(changes):
             by_run.setdefault(ch.run_id, []).append(i)
         try:
-            with self._tx() as conn:  # autocommit: one statement, one transaction, one round trip
+            with self._tx(committing=True) as conn:  # autocommit: one statement, one transaction, one round trip
                 cur = self._commit_changes(conn, changes, list(by_run.values()))
                 lasts = dict(zip(by_run, _fetch_lasts(cur)))
         except psycopg.DatabaseError as exc:
