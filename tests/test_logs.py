@@ -258,3 +258,28 @@ def test_a_worker_starts_a_claimed_runs_event_file_from_the_claim_without_readin
     finally:
         files.close()
         worker.close()
+
+
+def test_an_event_file_keeps_the_lines_it_was_given_when_another_runs_backfill_fails(tmp_path):
+    """A batch goes out run by run after it is gathered; a store error while rebuilding one
+    run's missing lines must not cost another run the lines gathered before it."""
+    from datetime import datetime, timezone
+
+    from statepipe.errors import DatabaseUnavailable
+    from statepipe.store.records import Event
+    from statepipe.views.jsonl import EventFiles
+
+    class StoreAway:
+        def events_after(self, *args: object) -> list[Event]:
+            raise DatabaseUnavailable("lost the database connection")
+
+    now = datetime.now(timezone.utc)
+    files = EventFiles(tmp_path, StoreAway())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            files.write([Event("a", 1, now, "run_created", None, None, None, {}), Event("a", 2, now, "run_started", None, None, None, {}),
+                         Event("b", 5, now, "step_started", "s", None, 1, {})])  # b's file lacks 1-4
+        files.write([Event("a", 3, now, "step_started", "s", None, 1, {})])
+        assert [e["seq"] for e in _jsonl((tmp_path / "a.jsonl").read_text())] == [1, 2, 3]
+    finally:
+        files.close()

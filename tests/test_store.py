@@ -239,3 +239,40 @@ def test_commits_keep_to_one_connection_however_many_the_pool_has_opened(db_url,
         assert len(used) == 5 and len(set(used)) == 1
     finally:
         store.pool.close()
+
+
+def test_a_commit_after_the_server_dropped_the_commit_connection_gets_a_fresh_one(db_url, conn):
+    from statepipe.errors import DatabaseUnavailable
+    from statepipe.store.database import open_store
+
+    store = open_store(db_url, max_size=3)
+    try:
+        (run_id,) = _runs(store, 1, 4)
+        store.commit([_step_done(run_id, 0, "{}")])  # the write path now holds its connection
+        with store.pool.committing() as kept:
+            pid = kept.info.backend_pid
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(DatabaseUnavailable):
+            store.commit([_step_done(run_id, 1, "{}")])
+        (events,) = store.commit([_step_done(run_id, 1, "{}")])  # the writer's retry
+        assert [e.seq for e in events] == [4, 5]
+        with store.pool.committing() as kept:
+            assert kept.info.backend_pid != pid
+    finally:
+        store.pool.close()
+
+
+def test_a_commit_connection_found_closed_goes_back_to_the_pool_and_is_replaced(db_url):
+    from statepipe.store.database import open_store
+
+    store = open_store(db_url, max_size=2)
+    try:
+        (run_id,) = _runs(store, 1, 4)
+        store.commit([_step_done(run_id, 0, "{}")])
+        with store.pool.committing() as kept:
+            kept.close()  # as psycopg leaves a connection it found broken
+        store.commit([_step_done(run_id, 1, "{}")])
+        with store.pool.connection(timeout=5):  # the closed one no longer counts against the two
+            pass
+    finally:
+        store.pool.close()

@@ -63,7 +63,10 @@ class Pool(ConnectionPool):
                 yield conn
             return
         try:
-            if self._kept is None or self._kept.closed:
+            if self._kept is not None and self._kept.closed:  # lost while idle: the pool replaces it
+                self.putconn(self._kept)
+                self._kept = None
+            if self._kept is None:
                 self._kept = self.getconn()
             conn = self._kept
             try:

@@ -82,24 +82,26 @@ class EventFiles:
         with self._lock:
             lines: dict[str, list[str]] = {}
             resting: set[str] = set()
-            for e in events:
-                entry = self._files.get(e.run_id)
-                if entry is None:
-                    entry = self._files[e.run_id] = self._open(e.run_id)
-                fd, last = entry
-                if e.seq <= last:
-                    continue
-                out = lines.setdefault(e.run_id, [])
-                if e.seq > last + 1:  # lines lost by an earlier process: rebuild them from the store
-                    out += [event_line(missed) + "\n" for missed in self.store.events_after(e.run_id, last, e.seq - last - 1)]
-                out.append(event_line(e) + "\n")
-                self._files[e.run_id] = (fd, e.seq)
-                if e.type in RESTING_EVENTS:
-                    resting.add(e.run_id)
-            for run_id, out in lines.items():
-                _write_all(self._files[run_id][0], "".join(out).encode())
-            for run_id in resting:  # reopened (and checked against the store) if it wakes up here
-                os.close(self._files.pop(run_id)[0])
+            try:
+                for e in events:
+                    entry = self._files.get(e.run_id)
+                    if entry is None:
+                        entry = self._files[e.run_id] = self._open(e.run_id)
+                    fd, last = entry
+                    if e.seq <= last:
+                        continue
+                    out = lines.setdefault(e.run_id, [])
+                    if e.seq > last + 1:  # lines lost by an earlier process: rebuild them from the store
+                        out += [event_line(missed) + "\n" for missed in self.store.events_after(e.run_id, last, e.seq - last - 1)]
+                    out.append(event_line(e) + "\n")
+                    self._files[e.run_id] = (fd, e.seq)
+                    if e.type in RESTING_EVENTS:
+                        resting.add(e.run_id)
+            finally:  # what was gathered is written even if a backfill failed: the files say so
+                for run_id, out in lines.items():
+                    _write_all(self._files[run_id][0], "".join(out).encode())
+                for run_id in resting:  # reopened (and checked against the store) if it wakes up here
+                    os.close(self._files.pop(run_id)[0])
 
     def close(self) -> None:
         with self._lock:
