@@ -58,6 +58,7 @@ CANCEL_REQUESTS = ("cancel", "cancel_compensate")
 RETRY_REQUEST = "retry"
 BIG_OUTPUT = 64 * 1024  # decoded on another thread while its commit is in flight
 PAUSE_REQUESTS = ("pause", "pause_now")
+_UNDECODED = object()  # StepState.decoded before its stored JSON is first read
 
 
 @dataclass(eq=False)
@@ -74,9 +75,8 @@ class StepState:
     finished_at: datetime | None = None
     error: str | None = None
     next_attempt_at: datetime | None = None
-    decoded: Any = None  # the output, once decoded (see `output`)
-    undecoded: str | None = None  # output JSON as stored, not decoded yet
-    stored: str | None = None  # output JSON as this process committed it, kept after decoding
+    decoded: Any = None  # the output as consumers get it, or _UNDECODED (see `output`)
+    stored: str | None = None  # the output's JSON as this process committed it
     children: list[StepState] = field(default_factory=list)
     undoes: StepState | None = None  # set on a compensation: the step it undoes
     previous_error: str | None = None  # the failed attempt before this one
@@ -95,20 +95,21 @@ class StepState:
     def output(self) -> Any:
         """The output decoded from its stored JSON, so a live consumer receives exactly what one
         resumed a day later would; decoded when first needed."""
-        if self.undecoded is not None:
-            self.decoded, self.undecoded = decode(self.undecoded), None
+        if self.decoded is _UNDECODED:
+            assert self.stored is not None  # set together
+            self.decoded = decode(self.stored)
         return self.decoded
 
     @output.setter
     def output(self, value: Any) -> None:
-        self.decoded, self.undecoded, self.stored = value, None, None
+        self.decoded, self.stored = value, None
 
     def release(self) -> None:
         """Let the decoded output go, keeping its JSON: decoded, a megabyte of JSON is several
         of Python objects, which every full garbage collection walks. Read again, it is decoded
         again from the same text."""
-        if self.stored is not None and self.undecoded is None:
-            self.decoded, self.undecoded = None, self.stored
+        if self.stored is not None:
+            self.decoded = _UNDECODED
 
     @property
     def item_or_none(self) -> str | None:
@@ -232,7 +233,7 @@ class RunExecutor:
         self._interrupted = False
         self._hooks: list[tuple[str, dict[str, Any]]] = []
         self._late: list[NewEvent] = []  # events raised outside a round (hook failures)
-        self._undecoded: list[StepState] = []  # outputs the next commit stores
+        self._committing: list[StepState] = []  # steps whose outputs the next commit stores
         self._wake = asyncio.Event()
         # steps whose decoded output goes once all their dependents have succeeded: not the
         # result's, not a fan-out's source (its items live on in the children)
@@ -362,7 +363,7 @@ class RunExecutor:
 
     async def _commit(self, change: Change) -> None:
         writer = self.runtime.writer
-        big, self._undecoded = [st for st in self._undecoded if len(st.undecoded or "") > BIG_OUTPUT], []
+        big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_OUTPUT], []
         if len(self.runtime.executors) == 1:  # alone in this process: nothing to group with
             with _decoding_meanwhile(big):
                 if writer.commit_now(change) is not None:
@@ -777,8 +778,8 @@ class RunExecutor:
     ) -> None:
         """`value` is what the step returned (None when reused from the cache): enough for the
         one-line summary, while consumers get the stored JSON decoded."""
-        st.undecoded = st.stored = text
-        self._undecoded.append(st)
+        st.decoded, st.stored = _UNDECODED, text
+        self._committing.append(st)
         st.lc.send("succeed")
         st.finished_at = utcnow()
         usage = self._record_attempt(st, change, "succeeded", output=text, cached_from=cached_from)
