@@ -27,7 +27,7 @@ from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
-from statepipe.engine.threads import POOL, inbox
+from statepipe.engine.threads import POOL, inbox, settle
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
@@ -192,17 +192,13 @@ def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Fu
     fut: asyncio.Future[Any] = loop.create_future()
     box = inbox(loop)
 
-    def settle(ok: bool, value: Any) -> None:
-        if not fut.done():  # an abandoned attempt's future was cancelled: nobody waits for it
-            fut.set_result(value) if ok else fut.set_exception(value)
-
     def target() -> None:
         try:
             result = fn(**kwargs)
         except BaseException as exc:  # delivered to the awaiting task, where it is classified
-            box.put(settle, False, exc)
+            box.put(settle, fut, None, exc)
         else:
-            box.put(settle, True, result)
+            box.put(settle, fut, result, None)
 
     POOL.submit(target)
     return fut

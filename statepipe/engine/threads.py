@@ -12,6 +12,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 
@@ -79,3 +80,14 @@ def inbox(loop: asyncio.AbstractEventLoop) -> LoopInbox:
         if box is None:
             box = _INBOXES[loop] = LoopInbox(loop)
         return box
+
+
+def settle(fut: Future[Any] | asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    """Give a waiter its result, or the error, unless it stopped waiting meanwhile (an abandoned
+    attempt, a cancelled task). An asyncio future must be settled on its loop: through `inbox`."""
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)

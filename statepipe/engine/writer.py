@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
-from statepipe.engine.threads import inbox
+from statepipe.engine.threads import inbox, settle
 from statepipe.errors import DatabaseUnavailable, LeaseLost
 from statepipe.store.records import Change, Event, NewEvent
 from statepipe.store.store import Store
@@ -228,29 +228,13 @@ _Waiter = tuple["Future[list[Event]] | asyncio.Future[list[Event]]", "list[Event
 
 
 def _resolve(outcomes: list[_Waiter]) -> None:
-    """Settle waiters from the writer thread: thread futures at once, each loop's futures in one
-    call through its inbox."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
-    for outcome in outcomes:
-        fut, result, exc = outcome
-        if isinstance(fut, asyncio.Future):
-            by_loop.setdefault(fut.get_loop(), []).append(outcome)
-        elif exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result or [])
-    for loop, settled in by_loop.items():
-        inbox(loop).put(_settle, settled)
-
-
-def _settle(outcomes: list[_Waiter]) -> None:
+    """Settle waiters from the writer thread: thread futures at once, a loop's futures through its
+    inbox, which wakes the loop once for all of them."""
     for fut, result, exc in outcomes:
-        if fut.done():  # the waiter was cancelled meanwhile
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
+        if isinstance(fut, asyncio.Future):
+            inbox(fut.get_loop()).put(settle, fut, result, exc)
         else:
-            fut.set_result(result or [])
+            settle(fut, result, exc)
 
 
 def _coalesce(batch: list[_Item]) -> list[_Item]:
