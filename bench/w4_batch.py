@@ -30,8 +30,8 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 import workloads as wl
 from systems import BenchError, Floor

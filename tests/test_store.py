@@ -1,4 +1,5 @@
-"""The store's write path: one statement per batch, and its cost independent of the database's size."""
+"""The store's write path (one statement per batch, its cost independent of the database's size, one
+connection kept for it), and what a run holds in memory: outputs as stored, freed when done."""
 
 from __future__ import annotations
 
