@@ -41,6 +41,10 @@ def _step_done(run_id: str, i: int, output: str) -> Change:
     )
 
 
+# an output past the splice limit: it goes beside the document, through the overlapping path
+_BIG = json.dumps(["x" * 100] * 1_000)
+
+
 def _seq_scans(conn: psycopg.Connection[Any]) -> dict[str, int]:
     conn.execute("SELECT pg_stat_clear_snapshot()")
     rows = conn.execute("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE schemaname = 'statepipe'").fetchall()
@@ -78,8 +82,9 @@ def test_a_batch_of_many_runs_commits_each_runs_events_in_its_own_sequence(conn)
     ]
 
 
+@pytest.mark.parametrize("output", ["{}", _BIG], ids=["small", "big"])
 @pytest.mark.parametrize("batch", [1, 3])  # one run has a path of its own in commit_changes
-def test_a_commit_under_a_stale_fencing_token_names_the_run_and_writes_nothing(conn, batch):
+def test_a_commit_under_a_stale_fencing_token_names_the_run_and_writes_nothing(conn, batch, output):
     from statepipe.errors import LeaseLost
 
     store = Store(SingleConnection(conn))
@@ -87,7 +92,7 @@ def test_a_commit_under_a_stale_fencing_token_names_the_run_and_writes_nothing(c
     stale = ids[-1]
     conn.execute("UPDATE statepipe.runs SET fencing_token = 2 WHERE id = %s", (stale,))  # another owner claimed it
     with pytest.raises(LeaseLost) as lost:
-        store.commit([_step_done(run_id, 0, "{}") for run_id in ids])
+        store.commit([_step_done(run_id, 0, output) for run_id in ids])
     assert lost.value.run_id == stale
     counts = conn.execute(
         "SELECT (SELECT count(*) FROM statepipe.events WHERE run_id = ANY(%(ids)s)),"
@@ -105,6 +110,49 @@ def test_a_big_output_is_stored_exactly_as_given(conn):
     store.commit([_step_done(run_id, 0, json.dumps(value))])
     (stored,) = conn.execute("SELECT output FROM statepipe.attempts WHERE run_id = %s", (run_id,)).fetchone()
     assert stored == value
+
+
+def test_work_given_to_a_big_commit_runs_while_postgresql_is_still_on_it(db_url, conn):
+    import threading
+
+    from statepipe.store.database import open_store
+
+    store = open_store(db_url, max_size=2)
+    try:
+        (run_id,) = _runs(store, 1, 2)
+        blocker = psycopg.connect(db_url)  # holds the run's row, so the commit cannot finish yet
+        blocker.execute("SELECT 1 FROM statepipe.runs WHERE id = %s FOR UPDATE", (run_id,))
+        seen: list[int] = []
+
+        def meanwhile() -> None:
+            (stored,) = conn.execute("SELECT count(*) FROM statepipe.attempts WHERE run_id = %s", (run_id,)).fetchone()
+            seen.append(stored)
+            blocker.rollback()
+
+        fallback = threading.Timer(10, blocker.rollback)  # if `meanwhile` came only after the answer
+        fallback.start()
+        (events,) = store.commit([_step_done(run_id, 0, _BIG)], meanwhile)
+        fallback.cancel()
+        blocker.close()
+    finally:
+        store.pool.close()
+    assert seen == [0]  # it ran before the commit was in, and the commit went on
+    assert [e.seq for e in events] == [2, 3]
+    (stored,) = conn.execute("SELECT output FROM statepipe.attempts WHERE run_id = %s", (run_id,)).fetchone()
+    assert stored == json.loads(_BIG)
+
+
+def test_an_error_in_a_big_commits_meanwhile_is_raised_once_the_commit_is_in(conn):
+    store = Store(SingleConnection(conn))
+    (run_id,) = _runs(store, 1, 2)
+
+    def meanwhile() -> None:
+        raise RuntimeError("decoding failed")
+
+    with pytest.raises(RuntimeError, match="decoding failed"):
+        store.commit([_step_done(run_id, 0, _BIG)], meanwhile)
+    (events,) = store.commit([_step_done(run_id, 1, "{}")])  # the connection is idle and usable again
+    assert [e.seq for e in events] == [4, 5]
 
 
 def test_a_database_at_an_older_schema_version_is_brought_up_to_date_when_opened(db_url, conn):
@@ -242,7 +290,8 @@ def test_commits_keep_to_one_connection_however_many_the_pool_has_opened(db_url,
         store.pool.close()
 
 
-def test_a_commit_after_the_server_dropped_the_commit_connection_gets_a_fresh_one(db_url, conn):
+@pytest.mark.parametrize("output", ["{}", _BIG], ids=["small", "big"])
+def test_a_commit_after_the_server_dropped_the_commit_connection_gets_a_fresh_one(db_url, conn, output):
     from statepipe.errors import DatabaseUnavailable
     from statepipe.store.database import open_store
 
@@ -254,8 +303,8 @@ def test_a_commit_after_the_server_dropped_the_commit_connection_gets_a_fresh_on
             pid = kept.info.backend_pid
         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(DatabaseUnavailable):
-            store.commit([_step_done(run_id, 1, "{}")])
-        (events,) = store.commit([_step_done(run_id, 1, "{}")])  # the writer's retry
+            store.commit([_step_done(run_id, 1, output)])
+        (events,) = store.commit([_step_done(run_id, 1, output)])  # the writer's retry
         assert [e.seq for e in events] == [4, 5]
         with store.pool.committing() as kept:
             assert kept.info.backend_pid != pid

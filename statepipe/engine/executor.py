@@ -15,18 +15,17 @@ import hashlib
 import inspect
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
-from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
+from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.threads import POOL, inbox, settle
 from statepipe.errors import (
     ConflictError,
@@ -48,6 +47,7 @@ from statepipe.store.records import (
     StepRowWrite,
     utcnow,
 )
+from statepipe.store.store import BIG_VALUE
 
 if TYPE_CHECKING:
     from statepipe.engine.runtime import Runtime
@@ -56,7 +56,6 @@ log = logging.getLogger("statepipe.executor")
 
 CANCEL_REQUESTS = ("cancel", "cancel_compensate")
 RETRY_REQUEST = "retry"
-BIG_OUTPUT = 64 * 1024  # decoded on another thread while its commit is in flight
 PAUSE_REQUESTS = ("pause", "pause_now")
 _UNDECODED = object()  # StepState.decoded before its stored JSON is first read
 
@@ -159,28 +158,7 @@ def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: s
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@contextmanager
-def _decoding_meanwhile(steps: list[StepState]) -> Iterator[None]:
-    """Decode big outputs on another thread while this one waits on PostgreSQL for their commit
-    (the GIL is free then): a megabyte takes about as long to decode as the server takes to
-    store it. The thread waits for `go` instead of decoding at once: started straight into
-    json.loads, it would keep the GIL for a whole switch interval (5 ms) before this thread could
-    send the commit; waiting, it takes the GIL only when this thread blocks on the socket."""
-    if not steps:
-        yield
-        return
-    go = threading.Event()
-    thread = threading.Thread(target=_decode_when, args=(go, steps), name="statepipe-decode", daemon=True)
-    thread.start()
-    go.set()
-    try:
-        yield
-    finally:
-        thread.join()
-
-
-def _decode_when(go: threading.Event, steps: list[StepState]) -> None:
-    go.wait()
+def _decode(steps: list[StepState]) -> None:
     for st in steps:
         st.output  # noqa: B018 - reading decodes it
 
@@ -359,11 +337,12 @@ class RunExecutor:
 
     async def _commit(self, change: Change) -> None:
         writer = self.runtime.writer
-        big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_OUTPUT], []
+        big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_VALUE], []
         if len(self.runtime.executors) == 1:  # alone in this process: nothing to group with
-            with _decoding_meanwhile(big):
-                if writer.commit_now(change) is not None:
-                    return
+            # a big output is decoded for its consumers while PostgreSQL stores it: a megabyte
+            # takes about as long either way
+            if writer.commit_now(change, partial(_decode, big) if big else None) is not None:
+                return
         await writer.committed(change)
 
     def _recover(self, change: Change) -> None:

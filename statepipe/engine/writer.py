@@ -113,17 +113,18 @@ class Writer:
         self._q.put(_Item(change, soft=False, future=fut))
         return fut
 
-    def commit_now(self, change: Change) -> list[Event] | None:
+    def commit_now(self, change: Change, meanwhile: Callable[[], None] | None = None) -> list[Event] | None:
         """Commit on the caller's thread when the writer is idle: the change's events, or None
         when it must go through `submit` (a batch is queued or in flight, or the database is
-        away: the writer thread waits for it without blocking the caller). Raises LeaseLost."""
+        away: the writer thread waits for it without blocking the caller). Raises LeaseLost.
+        `meanwhile`: see Store.commit."""
         if not self._turn.acquire(blocking=False):
             return None
         try:
             if not self._q.empty() or change.run_id in self._lost:
                 return None
             try:
-                (events,) = self.store.commit([change])
+                (events,) = self.store.commit([change], meanwhile)
             except LeaseLost:
                 self._lost.add(change.run_id)
                 raise
