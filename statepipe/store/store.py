@@ -7,7 +7,8 @@ never exists without its event and a stale owner can write nothing."""
 from __future__ import annotations
 
 import json
-import selectors
+import select
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 from psycopg.pq import ExecStatus
-from psycopg.pq.abc import PGresult
+from psycopg.pq.abc import PGconn, PGresult
 from psycopg.rows import dict_row
 
 from statepipe.errors import ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
@@ -37,6 +38,8 @@ SCHEMA_VERSION = 3
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 _DOCUMENT = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per commit
 LEASE_LOST_SQLSTATE = "SP001"
+_COMMIT = b"statepipe_commit"  # commit_changes without big values, prepared once per connection
+_COMMIT_PREPARED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
 
@@ -214,8 +217,8 @@ class Store:
     def fork_run(self, source: str, run: NewRun, keep: Sequence[str], ttl: float = 0.0) -> Event:
         """A new run whose steps named in `keep` (and their fan-out children) start from copies of
         the source's rows and attempts; the rest start pending."""
-        with self._tx() as conn:
-            with conn.pipeline(), conn.transaction():
+        with self._tx() as conn, conn.transaction():
+            with conn.pipeline():  # three statements, one round trip
                 conn.execute(
                     "INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at,"
                     "  fencing_token, dry_run, no_cache, fingerprint, forked_from, result_step)"
@@ -248,7 +251,8 @@ class Store:
                     " WHERE a.run_id = %s AND a.step = ANY(%s::text[]) AND a.state = 'succeeded'",
                     (run.id, source, list(keep)),
                 )
-                (seq,) = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
+            # outside the pipeline: the commit is sent and answered on its own (see _execute)
+            (seq,) = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
         return _event(run.id, seq, run.event)
 
     def forks_of(self, run_id: str) -> list[str]:
@@ -393,13 +397,17 @@ class Store:
         document, big values as parameters of their own; returns each run's last seq, in the
         order of `by_run`."""
         doc, big = _document(changes, by_run, created, lease_s)
-        if not big:
-            row = conn.execute("SELECT statepipe.commit_changes(%s::jsonb)", (doc,)).fetchone()
-            return [int(v) for v in row[0]] if row else []
-        query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
-            sql.SQL(", ").join(sql.SQL(f"${i}::jsonb") for i in range(2, len(big) + 2))
-        )
-        return _lasts(_execute_overlapping(conn, query.as_bytes(conn), [doc, *big], meanwhile))
+        encoding = conn.info.encoding
+        if big:
+            query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
+                sql.SQL(", ").join(sql.SQL(f"${i}::jsonb") for i in range(2, len(big) + 2))
+            ).as_bytes(conn)
+            params = [v.encode(encoding) for v in (doc, *big)]
+            return _lasts(_execute(conn, lambda pg: pg.send_query_params(query, params), meanwhile))
+        if conn not in _COMMIT_PREPARED:
+            _execute(conn, lambda pg: pg.send_prepare(_COMMIT, b"SELECT statepipe.commit_changes($1::jsonb)"))
+            _COMMIT_PREPARED.add(conn)
+        return _lasts(_execute(conn, lambda pg: pg.send_query_prepared(_COMMIT, [doc.encode(encoding)])))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -498,55 +506,64 @@ def _run_row(conn: psycopg.Connection[Any], run_id: str) -> RunRow:
     return RunRow(**row)
 
 
-def _execute_overlapping(
-    conn: psycopg.Connection[Any], query: bytes, params: Sequence[str], meanwhile: Callable[[], None] | None
-) -> PGresult:
-    """Run one statement through libpq itself, calling `meanwhile` between sending it and
-    waiting for its answer. psycopg's execute() goes straight from one to the other, so work
-    meant to overlap the server's had to run on another thread, and that thread, holding the GIL
-    through a whole json.loads, stalled this one mid-send: W3 (five 1 MB outputs, each decoded
-    again for its consumer while PostgreSQL stores it) went from 1.4x the floor to 1.1x.
+def _execute(conn: psycopg.Connection[Any], send: Callable[[PGconn], None], meanwhile: Callable[[], None] | None = None) -> PGresult:
+    """Run the statement `send` sends through libpq itself, calling `meanwhile` between sending it
+    and waiting for its answer.
+
+    This is the engine's hot path, and psycopg's execute() costs it: about 35 us of CPU more a
+    commit (W1's 21 commits: 0.8 ms), and it goes straight from sending to waiting, so work
+    meant to overlap the server's had to run on another thread, which, holding the GIL through a
+    whole json.loads, stalled the sending one: W3 (five 1 MB outputs, each decoded for its
+    consumer while PostgreSQL stores it) went from 1.4x the floor to 1.1x this way.
 
     An error in `meanwhile` is raised once the answer is in. The connection is closed if its
     answer is not read to the end (an interrupt, a broken socket), so it is never handed out
     again mid-statement."""
     pg = conn.pgconn
+    assert not pg.pipeline_status, "a statement sent here would wait behind the pipeline's, for ever"
     answer: PGresult | None = None
     late: BaseException | None = None
     done = False
     try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(pg.socket, selectors.EVENT_READ | selectors.EVENT_WRITE)
-            pg.send_query_params(query, [p.encode() for p in params])
-            while pg.flush():  # 1 while libpq still holds unsent bytes
-                sel.select()
-                pg.consume_input()  # the server may answer (an error) before it has read it all
-            if meanwhile is not None:
-                try:
-                    meanwhile()
-                except BaseException as exc:  # the statement is sent: its answer is read first
-                    late = exc
-            sel.modify(pg.socket, selectors.EVENT_READ)
-            while True:
-                while pg.is_busy():
-                    sel.select()
-                    pg.consume_input()
-                result = pg.get_result()
-                if result is None:
-                    break
-                if answer is None:
-                    answer = result
+        send(pg)
+        while pg.flush():  # 1 while libpq still holds unsent bytes
+            _wait(pg.socket, write=True)
+            pg.consume_input()  # the server may answer (an error) before it has read it all
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException as exc:  # the statement is sent: its answer is read first
+                late = exc
+        while True:
+            while pg.is_busy():
+                _wait(pg.socket, write=False)
+                pg.consume_input()
+            result = pg.get_result()
+            if result is None:
+                break
+            if answer is None:
+                answer = result
         done = True
     finally:
         if not done:
             conn.close()
     if late is not None:
         raise late
-    if answer is None or answer.status != ExecStatus.TUPLES_OK:
-        if answer is None:
-            raise psycopg.OperationalError("the server sent no answer")
+    if answer is None:
+        raise psycopg.OperationalError("the server sent no answer")
+    if answer.status == ExecStatus.FATAL_ERROR:
         raise psycopg.errors.error_from_result(answer, encoding=conn.info.encoding)
     return answer
+
+
+def _wait(fd: int, write: bool) -> None:
+    """Until the socket is readable (or writable, with `write`); the GIL is free meanwhile."""
+    if hasattr(select, "poll"):  # no limit on descriptor numbers, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | (select.POLLOUT if write else 0))
+        poller.poll()
+    else:
+        select.select([fd], [fd] if write else [], [])
 
 
 def _lasts(result: PGresult) -> list[int]:
