@@ -201,7 +201,7 @@ class RunExecutor:
         self.dry_run = snap.run.dry_run
         self.parents: dict[str, StepState] = {}
         self.compensations: list[StepState] = []
-        self.tasks: dict[asyncio.Task[Any], StepState] = {}
+        self.tasks: dict[asyncio.Future[Any], StepState] = {}  # a step's task, or its thread's future
         self.failure: str | None = None
         self.stopping = False  # shutdown: start nothing, leave the run resumable
         self._interrupted = False
@@ -643,9 +643,24 @@ class RunExecutor:
         )
         st.ctx = ctx
         st.began = time.monotonic()
-        task = asyncio.create_task(self._invoke(st, ctx), name=st.label)
-        self.tasks[task] = st
-        task.add_done_callback(lambda _t: self._wake.set())
+        work = self._plain_call(st, ctx) or asyncio.create_task(self._invoke(st, ctx), name=st.label)
+        self.tasks[work] = st
+        work.add_done_callback(lambda _t: self._wake.set())
+
+    def _plain_call(self, st: StepState, ctx: StepContext) -> asyncio.Future[Any] | None:
+        """A sync step with no timeout and no cache to ask goes straight to its thread (None for
+        any other): a task around it would cost the loop two more turns a step for nothing."""
+        if st.undoes is not None or st.step.is_async or st.step.timeout is not None or self.wf.cached(st.step):
+            return None
+        st.cache_key = None
+        try:
+            kwargs = self._kwargs(st, ctx)
+        except Exception as exc:  # as inside a task: the attempt fails with it
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        assert st.step.fn is not None
+        return _run_in_thread(st.step.fn, kwargs)
 
     async def _invoke(self, st: StepState, ctx: StepContext) -> Any:
         kwargs = self._kwargs(st, ctx)
@@ -704,7 +719,7 @@ class RunExecutor:
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def _settle(self, st: StepState, task: asyncio.Task[Any], change: Change) -> None:
+    def _settle(self, st: StepState, task: asyncio.Future[Any], change: Change) -> None:
         error: BaseException | None = StepInterrupted("cancelled") if task.cancelled() else task.exception()
         if error is None:
             result = task.result()
