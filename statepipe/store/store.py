@@ -96,7 +96,7 @@ class Store:
     def create_runs(self, runs: Sequence[NewRun], ttl: float = 0.0) -> list[Event]:
         """Record pending runs in one transaction. An owned run is claimed from its first instant
         (fence 1) so no worker grabs it; an unowned one wakes the workers."""
-        with self._tx() as conn:
+        with self._tx(committing=True) as conn:  # a commit like any other: the kept connection
             changes = [Change(r.id, 1, [r.event], new_steps=r.steps) for r in runs]
             seqs = self._commit_changes(conn, changes, [[i] for i in range(len(runs))], created=runs, lease_s=ttl)
         return [_event(r.id, seq, r.event) for r, seq in zip(runs, seqs)]
