@@ -339,8 +339,8 @@ class RunExecutor:
         writer = self.runtime.writer
         big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_VALUE], []
         if len(self.runtime.executors) == 1:  # alone in this process: nothing to group with
-            # a big output is decoded for its consumers while PostgreSQL stores it: a megabyte
-            # takes about as long either way
+            # a big output is decoded for its consumers while PostgreSQL stores it: decoding a
+            # megabyte takes about as long as storing it
             if writer.commit_now(change, partial(_decode, big) if big else None) is not None:
                 return
         await writer.committed(change)
@@ -652,13 +652,11 @@ class RunExecutor:
         any other): a task around it would cost the loop two more turns a step for nothing."""
         if st.undoes is not None or st.step.is_async or st.step.timeout is not None or self.wf.cached(st.step):
             return None
-        st.cache_key = None
         try:
             kwargs = self._kwargs(st, ctx)
-        except Exception as exc:  # as inside a task: the attempt fails with it
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
+        except Exception:  # the task path meets it again, and the attempt fails with it there
+            return None
+        st.cache_key = None
         assert st.step.fn is not None
         return _run_in_thread(st.step.fn, kwargs)
 
