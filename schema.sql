@@ -1,4 +1,4 @@
--- statepipe schema, version 3.
+-- statepipe schema, version 4.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -227,7 +227,41 @@ BEGIN
     RETURN lasts;
 END $$;
 
+-- v4: a worker's claim is a function of one JSON document too, so the writer can send it after a
+-- commit, before one Sync: both go in one transaction, and a worker refilling a slot costs no
+-- transaction of its own. `p` holds {owner, lease_s, limit, workflows (null: any), batch (null:
+-- any), skip (run ids this worker cannot execute)}. Claims up to `limit` runs nobody holds (new,
+-- released, or whose owner's lease ran out), oldest first, passing over rows other workers hold
+-- locked. Returns the claimed rows as they now are (fencing token moved on), oldest first, each
+-- with its first event (first_ts, first_type, first_data: run_created), as a JSON array.
+CREATE OR REPLACE FUNCTION statepipe.claim_runs(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    wanted text[] := CASE WHEN jsonb_typeof(p->'workflows') = 'array'
+                          THEN ARRAY(SELECT jsonb_array_elements_text(p->'workflows')) END;
+    passed text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(p->'skip', '[]')));
+    in_batch text := p->>'batch';
+    claimed jsonb;
+BEGIN
+    WITH c AS (
+        SELECT id FROM statepipe.runs
+         WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry'))
+           AND (owner IS NULL OR lease_expires_at < now())
+           AND (wanted IS NULL OR workflow = ANY (wanted))
+           AND (in_batch IS NULL OR batch_id = in_batch)
+           AND id <> ALL (passed)
+         ORDER BY created_at LIMIT (p->>'limit')::integer FOR UPDATE SKIP LOCKED
+    ), u AS (
+        UPDATE statepipe.runs r SET owner = p->>'owner', fencing_token = r.fencing_token + 1,
+               lease_expires_at = now() + make_interval(secs => (p->>'lease_s')::float8)
+          FROM c LEFT JOIN statepipe.events e ON e.run_id = c.id AND e.seq = 1
+         WHERE r.id = c.id
+        RETURNING r.*, e.ts AS first_ts, e.type AS first_type, e.data AS first_data
+    )
+    SELECT coalesce(jsonb_agg(to_jsonb(u) ORDER BY u.created_at), '[]') INTO claimed FROM u;
+    RETURN claimed;
+END $$;
+
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;

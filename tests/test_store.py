@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from statepipe.store.database import SingleConnection
-from statepipe.store.records import AttemptWrite, Change, NewEvent, NewRun, NewStepRow, StepRowWrite, utcnow
+from statepipe.store.records import AttemptWrite, Change, ClaimRequest, NewEvent, NewRun, NewStepRow, StepRowWrite, utcnow
 from statepipe.store.store import Store
 
 
@@ -326,3 +326,83 @@ def test_a_commit_connection_found_closed_goes_back_to_the_pool_and_is_replaced(
             pass
     finally:
         store.pool.close()
+
+
+def _queued(store: Store, workflow: str = "w") -> str:
+    """A run nobody owns yet, as `run --detach` and `batch` leave it for the workers."""
+    run_id = str(uuid.uuid4())
+    store.create_runs([NewRun(run_id, workflow, "w.py:wf", '{"n": 1}', [NewStepRow("s0", "", None, "pending", [])],
+                              NewEvent("run_created", data={"workflow": workflow}))])
+    return run_id
+
+
+def _xmin(conn: psycopg.Connection[Any], run_id: str) -> int:
+    row = conn.execute("SELECT xmin::text::bigint FROM statepipe.runs WHERE id = %s", (run_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("pipelines", [True, False], ids=["pipeline", "libpq-without-pipelines"])
+def test_a_claim_sent_with_a_commit_is_committed_with_it(conn, monkeypatch, pipelines):
+    import statepipe.store.store as store_module
+
+    monkeypatch.setattr(store_module, "_PIPELINES", pipelines)
+    store = Store(SingleConnection(conn))
+    (mine,) = _runs(store, 1, 3)
+    queued = _queued(store)
+    events, (claimed,) = store.commit_and_claim([_step_done(mine, 0, "{}")], [ClaimRequest("worker-2", 30.0, 5)])
+    assert [e.seq for e in events[0]] == [2, 3]
+    (claim,) = claimed
+    assert (claim.run.id, claim.run.owner, claim.run.fencing_token, claim.run.input) == (queued, "worker-2", 2, {"n": 1})
+    assert claim.run.lease_expires_at is not None and claim.run.lease_expires_at > claim.run.created_at
+    assert claim.created is not None and (claim.created.type, claim.created.data) == ("run_created", {"workflow": "w"})
+    same = _xmin(conn, mine) == _xmin(conn, queued)  # written by one transaction
+    assert same is pipelines
+
+
+def test_a_commit_refused_for_a_stale_fencing_token_claims_nothing(conn):
+    from statepipe.errors import LeaseLost
+
+    store = Store(SingleConnection(conn))
+    (mine,) = _runs(store, 1, 3)
+    queued = _queued(store)
+    conn.execute("UPDATE statepipe.runs SET fencing_token = 2 WHERE id = %s", (mine,))  # another owner took it
+    with pytest.raises(LeaseLost):
+        store.commit_and_claim([_step_done(mine, 0, "{}")], [ClaimRequest("worker-2", 30.0, 5)])
+    assert conn.execute("SELECT owner, fencing_token FROM statepipe.runs WHERE id = %s", (queued,)).fetchone() == (None, 1)
+
+
+def test_a_claim_takes_only_the_workflows_and_batch_asked_for_and_passes_over_the_runs_to_skip(conn):
+    store = Store(SingleConnection(conn))
+    skipped, wanted, other = _queued(store, "a"), _queued(store, "a"), _queued(store, "b")
+    conn.execute("UPDATE statepipe.runs SET batch_id = 'b1' WHERE id = ANY(%s)", ([skipped, wanted, other],))
+    assert store.claim_next(ClaimRequest("w", 30.0, 5, workflows=("a",), batch_id="b2")) == []
+    claimed = store.claim_next(ClaimRequest("w", 30.0, 5, workflows=("a",), batch_id="b1", skip=(skipped,)))
+    assert [c.run.id for c in claimed] == [wanted]
+    assert [c.run.id for c in store.claim_next(ClaimRequest("w2", 30.0, 5))] == [skipped, other]  # oldest first
+
+
+def test_a_claim_queued_while_a_commit_is_in_flight_rides_with_the_next_one(db_url, conn):
+    import asyncio
+
+    from statepipe.engine.writer import Writer
+
+    store = Store(SingleConnection(conn))
+    (mine,) = _runs(store, 1, 3)
+    queued = _queued(store)
+    writer = Writer(store)
+
+    async def both() -> list[Any]:
+        with writer._turn:  # as while the writer's thread has a transaction in flight
+            claim = writer.claim(ClaimRequest("me", 30.0, 1))
+            commit = writer.committed(_step_done(mine, 0, "{}"))
+        return list(await asyncio.gather(claim, commit))
+
+    try:
+        before = writer.transactions
+        claimed, events = asyncio.run(both())
+    finally:
+        writer.close()
+    assert [c.run.id for c in claimed] == [queued] and [e.seq for e in events] == [2, 3]
+    assert writer.transactions - before == 1
+    assert _xmin(conn, mine) == _xmin(conn, queued)

@@ -26,7 +26,7 @@ from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
-from statepipe.store.records import Claim, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
+from statepipe.store.records import Claim, ClaimRequest, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
@@ -255,11 +255,12 @@ class Runtime:
             free = concurrency - len(active)
             claimed: list[Claim] = []
             if free > 0:
+                request = ClaimRequest(
+                    self.owner, self.lease_ttl, free, workflows=tuple(workflows) if workflows else None,
+                    batch_id=batch_id, skip=tuple(sorted(self._skip)),
+                )
                 try:
-                    claimed = await asyncio.to_thread(
-                        self.store.claim_next, self.owner, self.lease_ttl, free,
-                        workflows=workflows, batch_id=batch_id, skip=sorted(self._skip),
-                    )
+                    claimed = await self.writer.claim(request)  # rides with the commits in flight
                 except DatabaseUnavailable as exc:
                     log.warning("cannot claim runs: %s", exc)
             for claim in claimed:

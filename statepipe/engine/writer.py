@@ -6,6 +6,10 @@ wait up to `linger` seconds for company, so a model streaming thousands of token
 about one transaction per `linger` per process. A transition never waits: it flushes the soft
 events queued before it, in order, in its own transaction.
 
+A worker's claim (see `claim`) is queued the same way and goes in the same transaction as the
+changes it finds there, so refilling the slot of a run that just ended costs no transaction of
+its own.
+
 `commit_now` is the express lane for a process executing a single run: with nothing queued and
 nothing in flight there is no one to group with, and the two thread handoffs of the queue cost
 more than the commit itself (about 0.4 ms a transition on two cores), so the caller commits on
@@ -22,12 +26,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import tenacity
 
 from statepipe.engine.threads import inbox, settle
 from statepipe.errors import DatabaseUnavailable, LeaseLost
-from statepipe.store.records import Change, Event, NewEvent
+from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent
 from statepipe.store.store import Store
 
 log = logging.getLogger("statepipe.writer")
@@ -41,6 +46,13 @@ class _Item:
     soft: bool
     future: Future[list[Event]] | asyncio.Future[list[Event]] | None = None
     queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _ClaimItem:
+    request: ClaimRequest
+    future: asyncio.Future[list[Claim]]
+    soft = False  # like a transition: gathered with what is queued, never waiting for company
 
 
 _STOP = object()
@@ -113,6 +125,14 @@ class Writer:
         self._q.put(_Item(change, soft=False, future=fut))
         return fut
 
+    def claim(self, request: ClaimRequest) -> asyncio.Future[list[Claim]]:
+        """Claim runs (Store.claim_next) in the next transaction, with whatever changes it
+        carries; a future of the running loop. Fails fast if the database is away, where a
+        change would wait for it: the caller polls again."""
+        fut: asyncio.Future[list[Claim]] = asyncio.get_running_loop().create_future()
+        self._q.put(_ClaimItem(request, fut))
+        return fut
+
     def commit_now(self, change: Change, meanwhile: Callable[[], None] | None = None) -> list[Event] | None:
         """Commit on the caller's thread when the writer is idle: the change's events, or None
         when it must go through `submit` (a batch is queued or in flight, or the database is
@@ -165,19 +185,20 @@ class Writer:
             first = self._q.get()
             if first is _STOP:
                 return
-            assert isinstance(first, _Item)
-            batch = [first]
+            assert isinstance(first, (_Item, _ClaimItem))
+            batch: list[_Item | _ClaimItem] = [first]
             with self._turn:
                 stop = self._gather(batch)
-                self._commit([i for i in batch if i.change.run_id])
+                claims = [i for i in batch if isinstance(i, _ClaimItem)]
+                self._commit([i for i in batch if isinstance(i, _Item) and i.change.run_id], claims)
             for item in batch:
-                if not item.change.run_id and item.future is not None:
+                if isinstance(item, _Item) and not item.change.run_id and item.future is not None:
                     item.future.set_result([])
             if stop:
                 return
 
-    def _gather(self, batch: list[_Item]) -> bool:
-        deadline = batch[0].queued_at + self.linger if batch[0].soft else 0.0
+    def _gather(self, batch: list[_Item | _ClaimItem]) -> bool:
+        deadline = batch[0].queued_at + self.linger if isinstance(batch[0], _Item) and batch[0].soft else 0.0
         while len(batch) < self.max_batch:
             timeout = deadline - time.monotonic() if all(i.soft for i in batch) else 0.0
             try:
@@ -186,12 +207,14 @@ class Writer:
                 return False
             if nxt is _STOP:
                 return True
-            assert isinstance(nxt, _Item)
+            assert isinstance(nxt, (_Item, _ClaimItem))
             batch.append(nxt)
         return False
 
-    def _commit(self, batch: list[_Item]) -> None:
+    def _commit(self, batch: list[_Item], claims: list[_ClaimItem]) -> None:
         batch = _coalesce([i for i in batch if i.change.run_id not in self._lost or not i.soft])
+        if claims:
+            batch = self._commit_claiming(batch, claims)
         while batch:
             try:
                 results = self._commit_retrying([i.change for i in batch])
@@ -209,6 +232,29 @@ class Writer:
             _resolve([(item.future, result, None) for item, result in zip(batch, results) if item.future is not None])
             return
 
+    def _commit_claiming(self, batch: list[_Item], claims: list[_ClaimItem]) -> list[_Item]:
+        """Commit the batch with the claims riding along; what is left for `_commit` to do: the
+        batch without a run whose lease was lost, or all of it if the database is away."""
+        while True:
+            try:
+                results, claimed = self.store.commit_and_claim([i.change for i in batch], [c.request for c in claims])
+            except LeaseLost as exc:  # nothing was written, no run claimed: again without that run
+                lost = exc.run_id
+                self._lost.add(lost)
+                _resolve([(item.future, None, LeaseLost(lost)) for item in batch if item.change.run_id == lost and item.future is not None])
+                batch = [i for i in batch if i.change.run_id != lost]
+                continue
+            except Exception as exc:  # the claims fail fast; the changes wait for the database
+                _resolve([(c.future, None, exc) for c in claims])
+                return batch
+            break
+        _resolve([(c.future, runs, None) for c, runs in zip(claims, claimed)])
+        if batch:
+            self.transactions += 1
+            self.dispatch([e for r in results for e in r])
+            _resolve([(item.future, result, None) for item, result in zip(batch, results) if item.future is not None])
+        return []
+
     def _commit_retrying(self, changes: list[Change]) -> list[list[Event]]:
         try:
             return self.store.commit(changes)
@@ -225,7 +271,7 @@ class Writer:
 
 
 # a waiter, and what it is settled with: the events committed, or why not
-_Waiter = tuple["Future[list[Event]] | asyncio.Future[list[Event]]", "list[Event] | None", "BaseException | None"]
+_Waiter = tuple["Future[Any] | asyncio.Future[Any]", Any, "BaseException | None"]
 
 
 def _resolve(outcomes: list[_Waiter]) -> None:

@@ -269,6 +269,19 @@ class StepRow:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """What a worker asks of statepipe.claim_runs: up to `limit` runs for `owner`, leased for
+    `ttl` seconds; only of `workflows` and of `batch_id` when given, never the runs in `skip`."""
+
+    owner: str
+    ttl: float
+    limit: int
+    workflows: tuple[str, ...] | None = None
+    batch_id: str | None = None
+    skip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Claim:
     """A run a worker just claimed, and the run's first event (run_created): a run nothing has
     happened to since is executed without reading it back, and its event file starts complete."""

@@ -26,6 +26,7 @@ from statepipe.store.records import (
     AttemptRow,
     Change,
     Claim,
+    ClaimRequest,
     Event,
     NewEvent,
     NewRun,
@@ -34,12 +35,17 @@ from statepipe.store.records import (
     StepRow,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 _DOCUMENT = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per commit
 LEASE_LOST_SQLSTATE = "SP001"
-_COMMIT = b"statepipe_commit"  # commit_changes without big values, prepared once per connection
-_COMMIT_PREPARED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+# statements prepared once per connection, by name
+_COMMIT = b"statepipe_commit"  # commit_changes without big values
+_CLAIM = b"statepipe_claim"
+_STATEMENTS = {_COMMIT: b"SELECT statepipe.commit_changes($1::jsonb)", _CLAIM: b"SELECT statepipe.claim_runs($1::jsonb)"}
+_PREPARED: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = weakref.WeakKeyDictionary()
+_PIPELINES = psycopg.Pipeline.is_supported()  # libpq 14+; without, a claim has a transaction of its own
+_RUN_TIMES = ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at")  # ISO text in JSON
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
 
@@ -98,7 +104,7 @@ class Store:
         (fence 1) so no worker grabs it; an unowned one wakes the workers."""
         with self._tx(committing=True) as conn:  # a commit like any other: the kept connection
             changes = [Change(r.id, 1, [r.event], new_steps=r.steps) for r in runs]
-            seqs = self._commit_changes(conn, changes, [[i] for i in range(len(runs))], created=runs, lease_s=ttl)
+            seqs, _ = self._commit_changes(conn, changes, [[i] for i in range(len(runs))], created=runs, lease_s=ttl)
         return [_event(r.id, seq, r.event) for r, seq in zip(runs, seqs)]
 
     def batch_runs(self, batch_id: str) -> dict[int, RunRow]:
@@ -252,7 +258,7 @@ class Store:
                     (run.id, source, list(keep)),
                 )
             # outside the pipeline: the commit is sent and answered on its own (see _execute)
-            (seq,) = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
+            (seq,), _ = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
         return _event(run.id, seq, run.event)
 
     def forks_of(self, run_id: str) -> list[str]:
@@ -288,43 +294,10 @@ class Store:
         assert claimed is not None  # the row is locked above: it cannot have gone
         return int(claimed[0])
 
-    def claim_next(
-        self,
-        owner: str,
-        ttl: float,
-        limit: int,
-        *,
-        workflows: Sequence[str] | None = None,
-        batch_id: str | None = None,
-        skip: Sequence[str] = (),
-    ) -> list[Claim]:
-        """Claim up to `limit` runs nobody holds (new, released, or whose owner's lease ran out),
-        oldest first; concurrent workers skip each other's rows instead of waiting. Returns the
-        claimed rows as they now are (their fencing token is the claim's), each with its first
-        event, read in the same statement."""
-        with self._tx() as conn:  # one statement: its own transaction
-            rows = conn.cursor(row_factory=dict_row).execute(
-                "WITH c AS (SELECT id FROM statepipe.runs"
-                "  WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry'))"
-                "    AND (owner IS NULL OR lease_expires_at < now())"
-                "    AND (%(workflows)s::text[] IS NULL OR workflow = ANY(%(workflows)s::text[]))"
-                "    AND (%(batch)s::text IS NULL OR batch_id = %(batch)s::text)"
-                "    AND id <> ALL(%(skip)s::text[])"
-                "  ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                " UPDATE statepipe.runs r SET owner = %(owner)s, lease_expires_at = now() + %(ttl)s,"
-                "  fencing_token = r.fencing_token + 1"
-                " FROM c LEFT JOIN statepipe.events e ON e.run_id = c.id AND e.seq = 1"
-                " WHERE r.id = c.id RETURNING r.*, e.ts AS first_ts, e.type AS first_type, e.data AS first_data",
-                {
-                    "workflows": list(workflows) if workflows else None,
-                    "batch": batch_id,
-                    "skip": list(skip),
-                    "limit": limit,
-                    "owner": owner,
-                    "ttl": timedelta(seconds=ttl),
-                },
-            ).fetchall()
-        return [_claim(r) for r in rows]
+    def claim_next(self, request: ClaimRequest) -> list[Claim]:
+        """Claim runs in a transaction of their own (statepipe.claim_runs); a worker with commits
+        in flight has its writer send the claim with them instead (commit_and_claim)."""
+        return self.commit_and_claim([], [request])[1][0]
 
     def heartbeat(self, run_id: str, fence: int, ttl: float) -> tuple[bool, str | None]:
         """Extend the lease; returns whether we still own the run, and any pending request."""
@@ -365,12 +338,29 @@ class Store:
 
         Raises LeaseLost (nothing written) when any run's fencing token has moved on; the caller
         drops that run's changes and commits the rest again."""
+        return self._commit(changes, (), meanwhile)[0]
+
+    def commit_and_claim(
+        self, changes: Sequence[Change], requests: Sequence[ClaimRequest]
+    ) -> tuple[list[list[Event]], list[list[Claim]]]:
+        """`commit`, then each request's claim, in the same transaction and round trip (the
+        statements go as one pipeline, before one Sync): a worker refilling the slot of a run that
+        just ended costs no transaction of its own. Returns each change's events and each
+        request's claimed runs. A LeaseLost rolls the claims back with the changes."""
+        if changes and requests and not _PIPELINES:
+            return self._commit(changes, (), None)[0], self._commit([], requests, None)[1]
+        return self._commit(changes, requests, None)
+
+    def _commit(
+        self, changes: Sequence[Change], requests: Sequence[ClaimRequest], meanwhile: Callable[[], None] | None
+    ) -> tuple[list[list[Event]], list[list[Claim]]]:
         by_run: dict[str, list[int]] = {}
         for i, ch in enumerate(changes):
             by_run.setdefault(ch.run_id, []).append(i)
         try:
-            with self._tx(committing=True) as conn:  # autocommit: one statement, one transaction, one round trip
-                lasts = dict(zip(by_run, self._commit_changes(conn, changes, list(by_run.values()), meanwhile=meanwhile)))
+            with self._tx(committing=True) as conn:  # autocommit: one transaction, one round trip
+                seqs, claimed = self._commit_changes(conn, changes, list(by_run.values()), meanwhile=meanwhile, claims=requests)
+                lasts = dict(zip(by_run, seqs))
         except psycopg.DatabaseError as exc:
             if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
                 lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
@@ -382,7 +372,7 @@ class Store:
             seq = firsts[ch.run_id]
             out.append([_event(ch.run_id, seq + k + 1, e) for k, e in enumerate(ch.events)])
             firsts[ch.run_id] = seq + len(ch.events)
-        return out
+        return out, claimed
 
     def _commit_changes(
         self,
@@ -392,22 +382,28 @@ class Store:
         created: Sequence[NewRun] = (),
         lease_s: float = 0.0,
         meanwhile: Callable[[], None] | None = None,
-    ) -> list[int]:
+        claims: Sequence[ClaimRequest] = (),
+    ) -> tuple[list[int], list[list[Claim]]]:
         """Send a batch (and the runs it creates) to statepipe.commit_changes as one JSON
-        document, big values as parameters of their own; returns each run's last seq, in the
-        order of `by_run`."""
-        doc, big = _document(changes, by_run, created, lease_s)
+        document, big values as parameters of their own, then each claim to statepipe.claim_runs;
+        returns each run's last seq, in the order of `by_run`, and each claim's runs."""
         encoding = conn.info.encoding
-        if big:
-            query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
-                sql.SQL(", ").join(sql.SQL(f"${i}::jsonb") for i in range(2, len(big) + 2))
-            ).as_bytes(conn)
-            params = [v.encode(encoding) for v in (doc, *big)]
-            return _lasts(_execute(conn, lambda pg: pg.send_query_params(query, params), meanwhile))
-        if conn not in _COMMIT_PREPARED:
-            _execute(conn, lambda pg: pg.send_prepare(_COMMIT, b"SELECT statepipe.commit_changes($1::jsonb)"))
-            _COMMIT_PREPARED.add(conn)
-        return _lasts(_execute(conn, lambda pg: pg.send_query_prepared(_COMMIT, [doc.encode(encoding)])))
+        sends: list[Callable[[PGconn], None]] = []
+        if changes or created:
+            doc, big = _document(changes, by_run, created, lease_s)
+            if big:
+                query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
+                    sql.SQL(", ").join(sql.SQL(f"${i}::jsonb") for i in range(2, len(big) + 2))
+                ).as_bytes(conn)
+                params = [v.encode(encoding) for v in (doc, *big)]
+                sends.append(lambda pg: pg.send_query_params(query, params))
+            else:
+                sends.append(_prepared(conn, _COMMIT, doc.encode(encoding)))
+        sends += [_prepared(conn, _CLAIM, _claim_document(r).encode(encoding)) for r in claims]
+        answers = _execute(conn, sends, meanwhile)
+        lasts = _lasts(answers[0]) if changes or created else []
+        claimed = [[_claim(row) for row in json.loads(a.get_value(0, 0) or b"[]")] for a in answers[len(answers) - len(claims):]]
+        return lasts, claimed
 
     # -- events -----------------------------------------------------------------------------
 
@@ -491,10 +487,24 @@ def _document(
     return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
 
 
+def _claim_document(request: ClaimRequest) -> str:
+    """The JSON document statepipe.claim_runs reads (see schema.sql)."""
+    return json.dumps({
+        "owner": request.owner, "lease_s": request.ttl, "limit": request.limit,
+        "workflows": list(request.workflows) if request.workflows else None,
+        "batch": request.batch_id, "skip": list(request.skip),
+    })
+
+
 def _claim(row: dict[str, Any]) -> Claim:
+    """A claimed run from statepipe.claim_runs's JSON, where timestamps are ISO text."""
+    for key in _RUN_TIMES:
+        if row[key] is not None:
+            row[key] = datetime.fromisoformat(row[key])
     ts, type_, data = row.pop("first_ts"), row.pop("first_type"), row.pop("first_data")
     run = RunRow(**row)
-    return Claim(run, Event(run.id, 1, ts, type_, None, None, None, data) if type_ is not None else None)
+    created = Event(run.id, 1, datetime.fromisoformat(ts), type_, None, None, None, data) if type_ is not None else None
+    return Claim(run, created)
 
 
 def _run_row(conn: psycopg.Connection[Any], run_id: str) -> RunRow:
@@ -506,9 +516,23 @@ def _run_row(conn: psycopg.Connection[Any], run_id: str) -> RunRow:
     return RunRow(**row)
 
 
-def _execute(conn: psycopg.Connection[Any], send: Callable[[PGconn], None], meanwhile: Callable[[], None] | None = None) -> PGresult:
-    """Run the statement `send` sends through libpq itself, calling `meanwhile` between sending it
-    and waiting for its answer.
+def _prepared(conn: psycopg.Connection[Any], name: bytes, param: bytes) -> Callable[[PGconn], None]:
+    """What sends the named statement of _STATEMENTS with its one parameter, preparing it first
+    on a connection that has not seen it (at protocol level, as psycopg prepares, which is what
+    poolers that track prepared statements follow)."""
+    done = _PREPARED.setdefault(conn, set())
+    if name not in done:
+        _execute(conn, [lambda pg: pg.send_prepare(name, _STATEMENTS[name])])
+        done.add(name)
+    return lambda pg: pg.send_query_prepared(name, [param])
+
+
+def _execute(
+    conn: psycopg.Connection[Any], sends: Sequence[Callable[[PGconn], None]], meanwhile: Callable[[], None] | None = None
+) -> list[PGresult]:
+    """Run the statements `sends` send through libpq itself, in one transaction and one round trip
+    (several go as a pipeline ended by one Sync), calling `meanwhile` between sending them and
+    waiting for the answers; returns each statement's answer.
 
     This is the engine's hot path, and psycopg's execute() costs it: about 35 us of CPU more a
     commit (W1's 21 commits: 0.8 ms), and it goes straight from sending to waiting, so work
@@ -517,44 +541,60 @@ def _execute(conn: psycopg.Connection[Any], send: Callable[[PGconn], None], mean
     consumer while PostgreSQL stores it) went from about 1.23x the floor to 1.12x this way
     (medians of alternated in-process runs).
 
-    An error in `meanwhile` is raised once the answer is in. The connection is closed if its
-    answer is not read to the end (an interrupt, a broken socket), so it is never handed out
-    again mid-statement."""
+    An error in `meanwhile` is raised once the answers are in; the first statement that failed
+    raises its error (the ones after it were skipped, and the transaction is rolled back). The
+    connection is closed if its answers are not read to the end (an interrupt, a broken socket),
+    so it is never handed out again mid-statement."""
     pg = conn.pgconn
     assert not pg.pipeline_status, "a statement sent here would wait behind the pipeline's, for ever"
-    answer: PGresult | None = None
+    piped = len(sends) > 1
+    answers: list[PGresult | None] = []
     late: BaseException | None = None
     done = False
     try:
-        send(pg)
+        if piped:
+            pg.enter_pipeline_mode()
+        for send in sends:
+            send(pg)
+        if piped:
+            pg.pipeline_sync()
         while pg.flush():  # 1 while libpq still holds unsent bytes
             _wait(pg.socket, write=True)
             pg.consume_input()  # the server may answer (an error) before it has read it all
         if meanwhile is not None:
             try:
                 meanwhile()
-            except BaseException as exc:  # the statement is sent: its answer is read first
+            except BaseException as exc:  # the statements are sent: their answers are read first
                 late = exc
-        while True:
-            while pg.is_busy():
-                _wait(pg.socket, write=False)
-                pg.consume_input()
-            result = pg.get_result()
-            if result is None:
-                break
-            if answer is None:
-                answer = result
+        for _ in sends:
+            answer = None
+            while (result := _next_result(pg)) is not None:  # a statement's results end with None
+                if answer is None:
+                    answer = result
+            answers.append(answer)
+        if piped:
+            synced = _next_result(pg)
+            assert synced is not None and synced.status == ExecStatus.PIPELINE_SYNC
+            pg.exit_pipeline_mode()
         done = True
     finally:
         if not done:
             conn.close()
     if late is not None:
         raise late
-    if answer is None:
-        raise psycopg.OperationalError("the server sent no answer")
-    if answer.status == ExecStatus.FATAL_ERROR:
-        raise psycopg.errors.error_from_result(answer, encoding=conn.info.encoding)
-    return answer
+    for answer in answers:
+        if answer is None:
+            raise psycopg.OperationalError("the server sent no answer")
+        if answer.status == ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(answer, encoding=conn.info.encoding)
+    return answers  # type: ignore[return-value]  # none is None, as checked
+
+
+def _next_result(pg: PGconn) -> PGresult | None:
+    while pg.is_busy():
+        _wait(pg.socket, write=False)
+        pg.consume_input()
+    return pg.get_result()
 
 
 def _wait(fd: int, write: bool) -> None:
