@@ -515,3 +515,37 @@ def test_a_chosen_result_step_is_the_result_everywhere_the_run_is_shown(cli, sto
     lines = [json.loads(line) for line in (output_dir / "results.jsonl").read_text().splitlines()]
     assert [r["result"] for r in lines if r["run_id"] == run_id] == [expected]
     assert store.results([run_id]) == {run_id: expected}
+
+
+def test_inspect_lists_the_first_children_of_a_wide_fan_out_and_counts_the_rest(cli):
+    keys = [f"k{i:02d}" for i in range(25)]
+    run_id = _run(cli, workflow_path("iter_fanout"), "-i", f"keys={json.dumps(keys)}")
+    short, full = cli("inspect", run_id), cli("inspect", run_id, "--full")
+    assert short.returncode == 0 and full.returncode == 0
+    assert "└ k09" in short.stdout and "└ k10" not in short.stdout
+    assert "15 more" in short.stdout and "--full shows all" in short.stdout
+    assert all(f"└ {k}" in full.stdout for k in keys)
+
+
+def test_inspect_lists_every_child_that_did_not_succeed_however_many_did():
+    from statepipe.store.records import StepRow
+    from statepipe.views.render import FANOUT_ROWS, _some_children
+
+    def child(i: int, state: str) -> StepRow:
+        return StepRow("fan", f"k{i}", i, False, None, state, [], 1, None, None, None, None)
+
+    children = [child(i, "succeeded") for i in range(30)] + [child(30 + i, "failed") for i in range(3)]
+    shown = _some_children(children)
+    assert [c.item for c in shown] == [f"k{i}" for i in range(FANOUT_ROWS - 3)] + ["k30", "k31", "k32"]
+
+
+def test_inspect_shows_the_head_of_a_big_list_output_and_its_length(cli, store):
+    from statepipe.store.records import ListPreview
+
+    run_id = _run(cli, workflow_path("rows"))
+    rows = next(s for s in store.snapshot(run_id, preview=True).steps if s.name == "rows")
+    assert rows.output == ListPreview([{"key": f"key-{i:05d}", "n": i + 1} for i in range(20)], 3000)
+    assert next(s for s in store.snapshot(run_id).steps if s.name == "rows").output[2999] == {"key": "key-02999", "n": 3000}
+    short, full = cli("inspect", run_id), cli("inspect", run_id, "--full")
+    assert "(a list of 3,000 items; --full shows all)" in short.stdout and "[3000 items]" in short.stdout
+    assert '"key-02999"' in full.stdout and "--full shows all" not in full.stdout

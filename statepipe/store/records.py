@@ -231,6 +231,15 @@ class AttemptRow:
         }
 
 
+@dataclass(frozen=True)
+class ListPreview:
+    """The first items of a list too big to read whole, and how many it has: what a snapshot for
+    people holds in place of a big list output (Store.snapshot(preview=True))."""
+
+    head: list[Any]
+    length: int
+
+
 @dataclass
 class StepRow:
     name: str

@@ -28,6 +28,7 @@ from statepipe.store.records import (
     Claim,
     ClaimRequest,
     Event,
+    ListPreview,
     NewEvent,
     NewRun,
     RunRow,
@@ -37,6 +38,10 @@ from statepipe.store.records import (
 
 SCHEMA_VERSION = 4
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
+# a list output of more items than PREVIEW_ITEMS, stored in more bytes than PREVIEW_BYTES (more
+# than inspect shows of a value), is previewed (see snapshot)
+PREVIEW_BYTES = 2048
+PREVIEW_ITEMS = 20
 _DOCUMENT = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per commit
 LEASE_LOST_SQLSTATE = "SP001"
 # statements prepared once per connection, by name
@@ -161,7 +166,10 @@ class Store:
             ).fetchall()
         return [RunRow(**r) for r in rows]
 
-    def snapshot(self, run_id: str) -> RunSnapshot:
+    def snapshot(self, run_id: str, preview: bool = False) -> RunSnapshot:
+        """The run with its steps and attempts. `preview`: a long list output (see PREVIEW_BYTES)
+        comes as a ListPreview of its first PREVIEW_ITEMS items, cut by the server: W3's five
+        1 MB outputs took `inspect` about 100 ms to read whole, their heads 20."""
         with self._tx() as conn:
             run = _run_row(conn, run_id)
             steps = conn.cursor(row_factory=dict_row).execute(
@@ -171,12 +179,19 @@ class Store:
                 (run_id,),
             ).fetchall()
             attempts = conn.cursor(row_factory=dict_row).execute(
-                "SELECT step, item, number, state, started_at, finished_at, error, output, usage, cached_from"
-                " FROM statepipe.attempts WHERE run_id = %s ORDER BY step, item, number",
-                (run_id,),
+                "SELECT step, item, number, state, started_at, finished_at, error, usage, cached_from, cut,"
+                "  CASE WHEN cut THEN jsonb_build_object('head', jsonb_path_query_array(output, '$[0 to $last]',"
+                "   jsonb_build_object('last', %(items)s - 1)), 'length', jsonb_array_length(output))"
+                "   ELSE output END AS output"
+                " FROM (SELECT *, %(preview)s AND pg_column_size(output) > %(bytes)s AND jsonb_typeof(output) = 'array'"
+                "   AND jsonb_array_length(output) > %(items)s AS cut FROM statepipe.attempts WHERE run_id = %(run)s) a"
+                " ORDER BY step, item, number",
+                {"run": run_id, "preview": preview, "bytes": PREVIEW_BYTES, "items": PREVIEW_ITEMS},
             ).fetchall()
         rows = {(s["name"], s["item"]): StepRow(**s) for s in steps}
         for a in attempts:
+            if a.pop("cut"):
+                a["output"] = ListPreview(a["output"]["head"], a["output"]["length"])
             rows[(a["step"], a["item"])].attempts.append(AttemptRow(**a))
         return RunSnapshot(run, list(rows.values()))
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from statepipe.engine.outputs import summarize
-from statepipe.store.records import AttemptRow, RunRow, RunSnapshot, StepRow, iso
+from statepipe.store.records import AttemptRow, ListPreview, RunRow, RunSnapshot, StepRow, iso
 from statepipe.views.style import STATE_STYLE, format_duration, format_time
 
 if TYPE_CHECKING:  # annotations only: `inspect` and `list` should not import the definitions
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # annotations only: `inspect` and `list` should not import th
     from statepipe.definition.workflow import Workflow
 
 TRUNCATE_CHARS = 1200
+FANOUT_ROWS = 10  # children of one fan-out listed by inspect without --full (all that did not succeed, always)
 
 
 def _duration(s: StepRow) -> float | None:
@@ -56,14 +57,25 @@ def inspect_json(snap: RunSnapshot, forks: list[str]) -> dict[str, Any]:
     return {"run": snap.run.as_json(snap.result()), "steps": steps, "forks": forks}
 
 
-_COMPACT = json.JSONEncoder(ensure_ascii=False, default=str).encode
-_INDENTED = json.JSONEncoder(indent=2, ensure_ascii=False, default=str)
+def _shown(value: Any) -> Any:
+    """JSON's fallback for what a snapshot for people holds beside JSON values: a list preview
+    inside a value (a fan-out's big outputs) shows its head and what is left out."""
+    if isinstance(value, ListPreview):
+        return [*value.head, f"… {value.length - len(value.head):,} more items"]
+    return str(value)
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, default=_shown).encode
+_INDENTED = json.JSONEncoder(indent=2, ensure_ascii=False, default=_shown)
 
 
 def _pretty(value: Any, full: bool) -> str:
     """Compact when it fits a line, indented otherwise; long values cut unless `full`. Indenting
     is pure Python in the json module (about 0.2 s a megabyte), so a cut value is indented only
     as far as it is shown."""
+    if isinstance(value, ListPreview):  # only its head was read (Store.snapshot(preview=True))
+        head = _INDENTED.encode(value.head)[:TRUNCATE_CHARS].removesuffix("\n]")
+        return f"{head}\n… (a list of {value.length:,} items; --full shows all)"
     compact = _COMPACT(value)
     if len(compact) <= 76:
         return compact
@@ -118,13 +130,19 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
     for col in ("step", "state", "attempts", "started", "duration", "llm", "output / error"):
         table.add_column(col, overflow="fold")
     for parent in [*snap.parents(), *snap.compensations()]:
-        rows = [parent, *snap.children(parent.name)]
-        for s in rows:
+        children = snap.children(parent.name)
+        shown = children if full else _some_children(children)
+        for s in [parent, *shown]:
             label = f"  └ {s.item}" if s.item else s.name
             value = snap.output_of(s)
-            summary = Text(s.error, style="red") if s.error else Text(summarize(value) if s.state == "succeeded" else "", style="dim")
+            brief = f"[{value.length} items]" if isinstance(value, ListPreview) else summarize(value)
+            # an error is read whole; an output's summary stays on one line
+            summary = Text(s.error, style="red") if s.error else Text(brief if s.state == "succeeded" else "", style="dim", no_wrap=True, overflow="ellipsis")
             attempts = ", ".join(_attempt_cell(a) for a in s.with_current()) or "-"
             table.add_row(label, _state(s.state), attempts, format_time(s.started_at), format_duration(_duration(s)), _usage_cell(s), summary)
+        if len(shown) < len(children):
+            left = len(children) - len(shown)
+            table.add_row("  └ …", _state("succeeded"), f"{left:,} more", "", "", "", Text("--full shows all", style="dim"))
 
     outputs: list[RenderableType] = []
     for parent in snap.parents():
@@ -132,6 +150,20 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
         if parent.state == "succeeded":
             outputs.append(Panel(_json(value, full), title=parent.name, title_align="left"))
     return Group(*sections, table, *outputs)
+
+
+def _some_children(children: list[StepRow]) -> list[StepRow]:
+    """A fan-out's children as inspect lists them without --full: every one that did not succeed,
+    and the first few that did, in item order; the rest, all succeeded, are counted in one row."""
+    room = FANOUT_ROWS - sum(c.state != "succeeded" for c in children)
+    shown: list[StepRow] = []
+    for c in children:
+        if c.state != "succeeded":
+            shown.append(c)
+        elif room > 0:
+            shown.append(c)
+            room -= 1
+    return shown
 
 
 def _attempt_cell(a: AttemptRow) -> str:
