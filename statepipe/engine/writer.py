@@ -219,17 +219,12 @@ class Writer:
             try:
                 results = self._commit_retrying([i.change for i in batch])
             except LeaseLost as exc:
-                lost = exc.run_id
-                self._lost.add(lost)
-                _resolve([(item.future, None, LeaseLost(lost)) for item in batch if item.change.run_id == lost and item.future is not None])
-                batch = [i for i in batch if i.change.run_id != lost]
+                batch = self._without(batch, exc.run_id)
                 continue
             except Exception as exc:  # the database stayed away: every waiter learns why
                 _resolve([(item.future, None, exc) for item in batch if item.future is not None])
                 return
-            self.transactions += 1
-            self.dispatch([e for r in results for e in r])
-            _resolve([(item.future, result, None) for item, result in zip(batch, results) if item.future is not None])
+            self._committed(batch, results)
             return
 
     def _commit_claiming(self, batch: list[_Item], claims: list[_ClaimItem]) -> list[_Item]:
@@ -239,10 +234,7 @@ class Writer:
             try:
                 results, claimed = self.store.commit_and_claim([i.change for i in batch], [c.request for c in claims])
             except LeaseLost as exc:  # nothing was written, no run claimed: again without that run
-                lost = exc.run_id
-                self._lost.add(lost)
-                _resolve([(item.future, None, LeaseLost(lost)) for item in batch if item.change.run_id == lost and item.future is not None])
-                batch = [i for i in batch if i.change.run_id != lost]
+                batch = self._without(batch, exc.run_id)
                 continue
             except Exception as exc:  # the claims fail fast; the changes wait for the database
                 _resolve([(c.future, None, exc) for c in claims])
@@ -250,10 +242,19 @@ class Writer:
             break
         _resolve([(c.future, runs, None) for c, runs in zip(claims, claimed)])
         if batch:
-            self.transactions += 1
-            self.dispatch([e for r in results for e in r])
-            _resolve([(item.future, result, None) for item, result in zip(batch, results) if item.future is not None])
+            self._committed(batch, results)
         return []
+
+    def _without(self, batch: list[_Item], lost: str) -> list[_Item]:
+        """The batch without the changes of a run whose lease was lost; their waiters learn it."""
+        self._lost.add(lost)
+        _resolve([(item.future, None, LeaseLost(lost)) for item in batch if item.change.run_id == lost and item.future is not None])
+        return [i for i in batch if i.change.run_id != lost]
+
+    def _committed(self, batch: list[_Item], results: list[list[Event]]) -> None:
+        self.transactions += 1
+        self.dispatch([e for r in results for e in r])
+        _resolve([(item.future, result, None) for item, result in zip(batch, results) if item.future is not None])
 
     def _commit_retrying(self, changes: list[Change]) -> list[list[Event]]:
         try:
