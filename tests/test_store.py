@@ -406,3 +406,30 @@ def test_a_claim_queued_while_a_commit_is_in_flight_rides_with_the_next_one(db_u
     assert [c.run.id for c in claimed] == [queued] and [e.seq for e in events] == [2, 3]
     assert writer.transactions - before == 1
     assert _xmin(conn, mine) == _xmin(conn, queued)
+
+
+def test_a_claim_riding_with_a_change_the_database_refuses_still_claims(conn):
+    """The refusal is that change's waiter's to hear; a worker's claim must not fail with it."""
+    import asyncio
+
+    from statepipe.engine.writer import Writer
+
+    store = Store(SingleConnection(conn))
+    (mine,) = _runs(store, 1, 3)
+    queued = _queued(store)
+    refused = _step_done(mine, 0, "{}")
+    refused.events[0].data = {"text": "a\x00b"}  # PostgreSQL's text cannot hold NUL
+    writer = Writer(store)
+
+    async def both() -> list[Any]:
+        with writer._turn:
+            claim = writer.claim(ClaimRequest("me", 30.0, 1))
+            commit = writer.committed(refused)
+        return list(await asyncio.gather(claim, commit, return_exceptions=True))
+
+    try:
+        claimed, failed = asyncio.run(both())
+    finally:
+        writer.close()
+    assert isinstance(failed, psycopg.DataError)
+    assert [c.run.id for c in claimed] == [queued]

@@ -229,15 +229,21 @@ class Writer:
 
     def _commit_claiming(self, batch: list[_Item], claims: list[_ClaimItem]) -> list[_Item]:
         """Commit the batch with the claims riding along; what is left for `_commit` to do: the
-        batch without a run whose lease was lost, or all of it if the database is away."""
+        batch without a run whose lease was lost, or all of it if it could not be committed."""
         while True:
             try:
                 results, claimed = self.store.commit_and_claim([i.change for i in batch], [c.request for c in claims])
             except LeaseLost as exc:  # nothing was written, no run claimed: again without that run
                 batch = self._without(batch, exc.run_id)
                 continue
-            except Exception as exc:  # the claims fail fast; the changes wait for the database
+            except DatabaseUnavailable as exc:  # the claims fail fast; the changes wait for the database
                 _resolve([(c.future, None, exc) for c in claims])
+                return batch
+            except Exception as exc:
+                if batch:  # the database refused a change: the claims must not fail with it
+                    self._commit_claiming([], claims)
+                else:
+                    _resolve([(c.future, None, exc) for c in claims])
                 return batch
             break
         _resolve([(c.future, runs, None) for c, runs in zip(claims, claimed)])
