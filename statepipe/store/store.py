@@ -362,8 +362,8 @@ class Store:
         statements go as one pipeline, before one Sync): a worker refilling the slot of a run that
         just ended costs no transaction of its own. Returns each change's events and each
         request's claimed runs. A LeaseLost rolls the claims back with the changes."""
-        if changes and requests and not _PIPELINES:
-            return self._commit(changes, (), None)[0], self._commit([], requests, None)[1]
+        if not _PIPELINES and bool(changes) + len(requests) > 1:  # one statement per transaction
+            return self.commit(changes) if changes else [], [self.claim_next(r) for r in requests]
         return self._commit(changes, requests, None)
 
     def _commit(
@@ -404,7 +404,8 @@ class Store:
         returns each run's last seq, in the order of `by_run`, and each claim's runs."""
         encoding = conn.info.encoding
         sends: list[Callable[[PGconn], None]] = []
-        if changes or created:
+        commits = 1 if changes or created else 0
+        if commits:
             doc, big = _document(changes, by_run, created, lease_s)
             if big:
                 query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
@@ -416,9 +417,8 @@ class Store:
                 sends.append(_prepared(conn, _COMMIT, doc.encode(encoding)))
         sends += [_prepared(conn, _CLAIM, _claim_document(r).encode(encoding)) for r in claims]
         answers = _execute(conn, sends, meanwhile)
-        lasts = _lasts(answers[0]) if changes or created else []
-        claimed = [[_claim(row) for row in json.loads(a.get_value(0, 0) or b"[]")] for a in answers[len(answers) - len(claims):]]
-        return lasts, claimed
+        lasts = _lasts(answers[0]) if commits else []
+        return lasts, [[_claim(row) for row in json.loads(a.get_value(0, 0) or b"[]")] for a in answers[commits:]]
 
     # -- events -----------------------------------------------------------------------------
 
