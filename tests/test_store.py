@@ -417,8 +417,8 @@ def test_a_claim_riding_with_a_change_the_database_refuses_still_claims(conn):
     store = Store(SingleConnection(conn))
     (mine,) = _runs(store, 1, 3)
     queued = _queued(store)
-    refused = _step_done(mine, 0, "{}")
-    refused.events[0].data = {"text": "a\x00b"}  # PostgreSQL's text cannot hold NUL
+    store.commit([_step_done(mine, 0, "{}")])
+    refused = _step_done(mine, 0, "{}")  # the same attempt again: its key is taken
     writer = Writer(store)
 
     async def both() -> list[Any]:
@@ -431,5 +431,36 @@ def test_a_claim_riding_with_a_change_the_database_refuses_still_claims(conn):
         claimed, failed = asyncio.run(both())
     finally:
         writer.close()
-    assert isinstance(failed, psycopg.DataError)
+    assert isinstance(failed, psycopg.IntegrityError)
     assert [c.run.id for c in claimed] == [queued]
+
+
+def test_an_output_with_a_nul_character_fails_its_step_with_a_clear_error(store):
+    from conftest import run_here
+
+    snap = store.snapshot(run_here(store, "nul_text"))
+    assert snap.run.state == "failed"
+    assert snap.steps[0].error == "step text returned text with a NUL character (\\x00), which PostgreSQL cannot store"
+
+
+def test_an_error_with_a_nul_character_is_kept_with_the_character_replaced(store):
+    from conftest import run_here
+
+    snap = store.snapshot(run_here(store, "nul_text", where="error"))
+    assert snap.run.state == "failed"
+    assert snap.steps[0].error == "ValueError: bad\ufffdbyte"
+
+
+def test_a_run_input_with_a_nul_character_is_refused_before_anything_is_stored(store):
+    from conftest import workflow_path
+    from statepipe.definition.loader import load
+    from statepipe.engine.runtime import Runtime
+    from statepipe.errors import InputError
+
+    runtime = Runtime(store)
+    try:
+        with pytest.raises(InputError, match="NUL character"):
+            runtime.create_run(load(workflow_path("nul_text")), {"where": "a\x00b"})
+    finally:
+        runtime.writer.close()  # the store belongs to the fixture
+    assert store.list_runs(states=[], workflow="nul_text", since=None, limit=5) == []

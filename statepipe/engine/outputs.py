@@ -9,6 +9,7 @@ from itertools import islice
 from typing import Any
 
 from statepipe.errors import OutputNotSerializable
+from statepipe.store.records import holds_nul
 
 # Built once: json.dumps with any non-default option builds a new encoder on every call.
 _STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -17,12 +18,15 @@ _SHOWN = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 def encode(value: Any, what: str) -> str:
     try:
-        return _STORED(value)
+        text = _STORED(value)
     except (TypeError, ValueError) as exc:
         raise OutputNotSerializable(
             f"{what} returned {type(value).__name__}, which cannot be stored as JSON ({exc}); "
             "return dicts, lists, strings, numbers, booleans or None"
         ) from exc
+    if holds_nul(text):
+        raise OutputNotSerializable(f"{what} returned text with a NUL character (\\x00), which PostgreSQL cannot store")
+    return text
 
 
 def decode(text: str) -> Any:

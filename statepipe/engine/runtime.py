@@ -26,7 +26,7 @@ from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
-from statepipe.store.records import Claim, ClaimRequest, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
+from statepipe.store.records import Claim, ClaimRequest, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, holds_nul, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
@@ -103,6 +103,8 @@ class Runtime:
                 input_json = json.dumps(run_input, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
+            if holds_nul(input_json):
+                raise InputError("run input holds a NUL character (\\x00), which PostgreSQL cannot store")
             event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
             runs.append(NewRun(
                 str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner=owner, batch_id=batch_id,

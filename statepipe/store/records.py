@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -13,6 +14,22 @@ def utcnow() -> datetime:
 
 def iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts is not None else None
+
+
+# NUL escaped in JSON text: "\u0000" that is not the tail of an escaped backslash ("\\u0000")
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def holds_nul(json_text: str) -> bool:
+    """Whether JSON text (encoded with ensure_ascii) holds the NUL character, which PostgreSQL's
+    jsonb and text cannot store: an output or a run input that does is refused."""
+    return "\\u0000" in json_text and _NUL.search(json_text) is not None
+
+
+def without_nul(json_text: str) -> str:
+    """The JSON text with each NUL character replaced by U+FFFD: for what is kept as text for
+    people (an error, an event's data), where refusing it would lose the rest."""
+    return _NUL.sub(r"\1\\ufffd", json_text) if "\\u0000" in json_text else json_text
 
 
 # -- writes -----------------------------------------------------------------------------------

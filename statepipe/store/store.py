@@ -34,6 +34,7 @@ from statepipe.store.records import (
     RunRow,
     RunSnapshot,
     StepRow,
+    without_nul,
 )
 
 SCHEMA_VERSION = 4
@@ -499,6 +500,7 @@ def _document(
         ],
     }
     head = _DOCUMENT({k: v for k, v in body.items() if v})
+    head = without_nul(head)  # outputs and inputs with one are refused before they get here
     return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
 
 
