@@ -549,3 +549,11 @@ def test_inspect_shows_the_head_of_a_big_list_output_and_its_length(cli, store):
     short, full = cli("inspect", run_id), cli("inspect", run_id, "--full")
     assert "(a list of 3,000 items; --full shows all)" in short.stdout and "[3000 items]" in short.stdout
     assert '"key-02999"' in full.stdout and "--full shows all" not in full.stdout
+
+
+def test_inspect_lists_a_fan_out_one_child_past_the_limit_whole():
+    from statepipe.store.records import StepRow
+    from statepipe.views.render import FANOUT_ROWS, _some_children
+
+    children = [StepRow("fan", f"k{i}", i, False, None, "succeeded", [], 1, None, None, None, None) for i in range(FANOUT_ROWS + 1)]
+    assert _some_children(children) == children

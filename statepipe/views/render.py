@@ -159,7 +159,8 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
 
 def _some_children(children: list[StepRow]) -> list[StepRow]:
     """A fan-out's children as inspect lists them without --full: every one that did not succeed,
-    and the first few that did, in item order; the rest, all succeeded, are counted in one row."""
+    and the first few that did, in item order; the rest, all succeeded, are counted in one row
+    (unless that row would stand for a single child: then it is listed instead)."""
     room = FANOUT_ROWS - sum(c.state != "succeeded" for c in children)
     shown: list[StepRow] = []
     for c in children:
@@ -168,7 +169,7 @@ def _some_children(children: list[StepRow]) -> list[StepRow]:
         elif room > 0:
             shown.append(c)
             room -= 1
-    return shown
+    return shown if len(children) - len(shown) > 1 else children
 
 
 def _attempt_cell(a: AttemptRow) -> str:
