@@ -207,11 +207,13 @@ class Store:
                 "  FROM statepipe.steps s JOIN statepipe.runs r ON r.id = s.run_id"
                 "  LEFT JOIN statepipe.attempts a ON a.run_id = s.run_id AND a.step = s.name"
                 "   AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
-                " WHERE s.run_id = ANY(%s) AND s.compensates IS NULL AND (s.item = '' OR s.item_index IS NOT NULL)"
+                # r.id too: told only of s.run_id, the planner hashes the whole runs table
+                " WHERE s.run_id = ANY(%(ids)s) AND r.id = ANY(%(ids)s)"
+                " AND s.compensates IS NULL AND (s.item = '' OR s.item_index IS NOT NULL)"
                 " AND (s.name = r.result_step OR r.result_step IS NULL AND NOT EXISTS ("
                 "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on)))"
                 " ORDER BY s.run_id, s.position, s.item_index NULLS FIRST",
-                (list(run_ids),),
+                {"ids": list(run_ids)},
             ).fetchall()
         per_run: dict[str, dict[str, Any]] = {}
         for run_id, name, item, _index, fanout, output in rows:
