@@ -26,7 +26,7 @@ from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
 from statepipe.engine.rerun import RerunPlan
-from statepipe.engine.threads import POOL, inbox, settle
+from statepipe.engine.threads import ThreadCall
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
@@ -58,6 +58,7 @@ CANCEL_REQUESTS = ("cancel", "cancel_compensate")
 RETRY_REQUEST = "retry"
 PAUSE_REQUESTS = ("pause", "pause_now")
 _UNDECODED = object()  # StepState.decoded before its stored JSON is first read
+ON_THE_SPOT_S = 0.002  # how long a lone run's loop blocks for its sync step before waiting as usual
 
 
 @dataclass(eq=False)
@@ -84,6 +85,7 @@ class StepState:
     stale: list[StepState] = field(default_factory=list)  # children a re-expansion dropped
     cache_key: str | None = None  # set on a cacheable step when its attempt starts
     ctx: StepContext | None = None
+    call: ThreadCall | None = None  # a plain sync call's thread, while it runs (see _plain_call)
     began: float = 0.0
 
     @property
@@ -166,20 +168,7 @@ def _decode(steps: list[StepState]) -> None:
 def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
     """Run a sync step on a pooled daemon thread: one that outlives a timeout or a shutdown is
     abandoned, and never holds the process open."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[Any] = loop.create_future()
-    box = inbox(loop)
-
-    def target() -> None:
-        try:
-            result = fn(**kwargs)
-        except BaseException as exc:  # delivered to the awaiting task, where it is classified
-            box.put(settle, fut, None, exc)
-        else:
-            box.put(settle, fut, result, None)
-
-    POOL.submit(target)
-    return fut
+    return ThreadCall(fn, kwargs).future
 
 
 class RunExecutor:
@@ -658,7 +647,8 @@ class RunExecutor:
             return None
         st.cache_key = None
         assert st.step.fn is not None
-        return _run_in_thread(st.step.fn, kwargs)
+        st.call = ThreadCall(st.step.fn, kwargs)
+        return st.call.future
 
     async def _invoke(self, st: StepState, ctx: StepContext) -> Any:
         kwargs = self._kwargs(st, ctx)
@@ -703,7 +693,11 @@ class RunExecutor:
                 raise RuntimeError(f"run {self.run_id}: nothing running and nothing ready")  # a bug, not a user error
             return
         self._wake.clear()
-        if not any(t.done() for t in self.tasks):
+        if any(t.done() for t in self.tasks):
+            pass
+        elif self._wait_on_the_spot():
+            await asyncio.sleep(0)  # the loop still turns once a step: heartbeat, signals, control
+        else:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -713,7 +707,16 @@ class RunExecutor:
             self._settle(st, task, change)
             # the attempt is over: its context (which points back at this executor) goes, so a
             # finished run is freed by reference counting, outputs and all, not by a full GC pass
-            st.ctx = None
+            st.ctx = st.call = None
+
+    def _wait_on_the_spot(self) -> bool:
+        """Alone in the process with one plain sync step running, block the loop a moment for
+        it (ThreadCall.wait): True if it ended meanwhile. The loop has nothing else to run but the
+        heartbeat, which two milliseconds do not hold up."""
+        if len(self.tasks) != 1 or len(self.runtime.executors) != 1:
+            return False
+        call = next(iter(self.tasks.values())).call
+        return call is not None and call.wait(ON_THE_SPOT_S)
 
     # -- outcomes ---------------------------------------------------------------------------
 

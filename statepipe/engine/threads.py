@@ -42,6 +42,60 @@ class DaemonPool:
 POOL = DaemonPool()
 
 
+class ThreadCall:
+    """`fn(**kwargs)` on a pool thread, its outcome delivered to a future of the calling loop.
+
+    A loop with nothing else to do can also `wait` for it on the spot, for a moment: a sync
+    step's outcome reaching the loop through its self-pipe costs the thread a wake-up write and
+    the loop a poll, about 20 us a step on two cores, a fortieth of a short step's cost to a
+    process executing one run. Whichever way the outcome arrives, it is settled once."""
+
+    def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self._box = inbox(loop)
+        self._call: tuple[Callable[..., Any], dict[str, Any]] | None = (fn, kwargs)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._outcome: tuple[Any, BaseException | None] | None = None  # for a loop waiting on the spot
+        self._waiting = False  # the loop is blocked in `wait`: it settles the future itself
+        POOL.submit(self._run)
+
+    def _run(self) -> None:
+        assert self._call is not None
+        fn, kwargs = self._call
+        self._call = None
+        try:
+            outcome: tuple[Any, BaseException | None] = (fn(**kwargs), None)
+        except BaseException as exc:  # delivered to the awaiting task, where it is classified
+            outcome = (None, exc)
+        # the loop may start a consumer the moment it hears, while this frame is still alive: it
+        # holds neither inputs nor output by then, so a released output is really let go
+        del fn, kwargs
+        with self._lock:
+            direct = self._waiting
+            if direct:
+                self._outcome = outcome
+        if not direct:
+            self._box.put(settle, self.future, *outcome)
+        del outcome
+        self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block the calling loop (its thread) up to `timeout` seconds for the outcome; True once
+        the future is settled."""
+        with self._lock:
+            self._waiting = not self._done.is_set()
+        self._done.wait(timeout)
+        with self._lock:
+            self._waiting = False
+            outcome, self._outcome = self._outcome, None
+        if outcome is None:
+            return False
+        settle(self.future, *outcome)
+        return True
+
+
 class LoopInbox:
     """Calls handed to one event loop from other threads, run in order on the loop. Each
     `call_soon_threadsafe` writes to the loop's self-pipe and costs a loop turn; the inbox wakes
