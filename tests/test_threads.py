@@ -11,9 +11,15 @@ import pytest
 from statepipe.engine.threads import ThreadCall
 
 
+def started(fn, kwargs) -> ThreadCall:
+    call = ThreadCall(fn, kwargs)
+    call.start()
+    return call
+
+
 def test_a_thread_call_settles_its_future_through_the_loop_when_nobody_waits() -> None:
     async def main() -> int:
-        return await ThreadCall(lambda x: x + 1, {"x": 41}).future
+        return await started(lambda x: x + 1, {"x": 41}).future
 
     assert asyncio.run(main()) == 42
 
@@ -23,7 +29,7 @@ def test_a_thread_call_delivers_the_step_error_to_its_future() -> None:
         raise ValueError("bad input")
 
     async def main() -> None:
-        await ThreadCall(fails, {}).future
+        await started(fails, {}).future
 
     with pytest.raises(ValueError, match="bad input"):
         asyncio.run(main())
@@ -31,7 +37,7 @@ def test_a_thread_call_delivers_the_step_error_to_its_future() -> None:
 
 def test_waiting_on_the_spot_settles_the_future_before_the_loop_turns() -> None:
     async def main() -> tuple[bool, bool, str]:
-        call = ThreadCall(lambda: "done", {})
+        call = started(lambda: "done", {})
         ended = call.wait(5.0)
         return ended, call.future.done(), call.future.result()
 
@@ -46,10 +52,24 @@ def test_waiting_on_the_spot_gives_up_after_its_timeout_and_the_loop_settles_the
         return "late"
 
     async def main() -> tuple[bool, bool, str]:
-        call = ThreadCall(slow, {})
+        call = started(slow, {})
         ended = call.wait(0.01)
         pending = not call.future.done()
         release.set()
         return ended, pending, await call.future
 
     assert asyncio.run(main()) == (False, True, "late")
+
+
+def test_a_thread_call_runs_nothing_until_started() -> None:
+    ran = threading.Event()
+
+    async def main() -> tuple[bool, str]:
+        call = ThreadCall(ran.set, {})
+        await asyncio.sleep(0.05)
+        before = ran.is_set()
+        call.start()
+        await call.future
+        return before, "ran" if ran.is_set() else "not run"
+
+    assert asyncio.run(main()) == (False, "ran")

@@ -16,10 +16,9 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
@@ -168,7 +167,9 @@ def _decode(steps: list[StepState]) -> None:
 def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
     """Run a sync step on a pooled daemon thread: one that outlives a timeout or a shutdown is
     abandoned, and never holds the process open."""
-    return ThreadCall(fn, kwargs).future
+    call = ThreadCall(fn, kwargs)
+    call.start()
+    return call.future
 
 
 class RunExecutor:
@@ -305,7 +306,7 @@ class RunExecutor:
                 change.events.extend(self._late)
                 self._late.clear()
                 if change.events:
-                    await self._commit(change)
+                    await self._commit(change, launch)
                     await self._run_hooks()
                 change = self._change()
                 for st in launch:
@@ -324,13 +325,19 @@ class RunExecutor:
     def _change(self) -> Change:
         return Change(self.run_id, self.fence, [])
 
-    async def _commit(self, change: Change) -> None:
+    async def _commit(self, change: Change, launch: Sequence[StepState] = ()) -> None:
         writer = self.runtime.writer
         big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_VALUE], []
         if len(self.runtime.executors) == 1:  # alone in this process: nothing to group with
-            # a big output is decoded for its consumers while PostgreSQL stores it: decoding a
-            # megabyte takes about as long as storing it
-            if writer.commit_now(change, partial(_decode, big) if big else None) is not None:
+            # while PostgreSQL stores the commit, the steps it starts are readied (not run), and a
+            # big output is decoded for its consumers: decoding a megabyte takes about as long as
+            # storing it
+            def meanwhile() -> None:
+                _decode(big)
+                for st in launch:
+                    self._prepare(st)
+
+            if writer.commit_now(change, meanwhile) is not None:
                 return
         await writer.committed(change)
 
@@ -625,18 +632,28 @@ class RunExecutor:
         names = inspect.signature(st.step.compensate).parameters
         return {n: available.get(n, self.input.get(n)) for n in names}
 
-    def _launch(self, st: StepState) -> None:
-        ctx = StepContext(
+    def _prepare(self, st: StepState) -> None:
+        """Ready an attempt: its context, and for a plain sync step its call (not yet started)."""
+        st.ctx = StepContext(
             self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish,
             dry_run=self.dry_run, last_error=st.previous_error, feedback=st.feedback or self.parents[st.step.name].feedback,
         )
-        st.ctx = ctx
+        st.call = self._plain_call(st, st.ctx)
+
+    def _launch(self, st: StepState) -> None:
+        if st.ctx is None:  # not readied during the commit
+            self._prepare(st)
+        assert st.ctx is not None
         st.began = time.monotonic()
-        work = self._plain_call(st, ctx) or asyncio.create_task(self._invoke(st, ctx), name=st.label)
+        if st.call is not None:
+            st.call.start()
+            work: asyncio.Future[Any] = st.call.future
+        else:
+            work = asyncio.create_task(self._invoke(st, st.ctx), name=st.label)
         self.tasks[work] = st
         work.add_done_callback(lambda _t: self._wake.set())
 
-    def _plain_call(self, st: StepState, ctx: StepContext) -> asyncio.Future[Any] | None:
+    def _plain_call(self, st: StepState, ctx: StepContext) -> ThreadCall | None:
         """A sync step with no timeout and no cache to ask goes straight to its thread (None for
         any other): a task around it would cost the loop two more turns a step for nothing."""
         if st.undoes is not None or st.step.is_async or st.step.timeout is not None or self.wf.cached(st.step):
@@ -647,8 +664,7 @@ class RunExecutor:
             return None
         st.cache_key = None
         assert st.step.fn is not None
-        st.call = ThreadCall(st.step.fn, kwargs)
-        return st.call.future
+        return ThreadCall(st.step.fn, kwargs)
 
     async def _invoke(self, st: StepState, ctx: StepContext) -> Any:
         kwargs = self._kwargs(st, ctx)

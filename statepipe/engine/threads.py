@@ -43,7 +43,9 @@ POOL = DaemonPool()
 
 
 class ThreadCall:
-    """`fn(**kwargs)` on a pool thread, its outcome delivered to a future of the calling loop.
+    """`fn(**kwargs)` on a pool thread once started, its outcome delivered to a future of the
+    calling loop. Made apart from `start`, so a step's call can be readied while the commit of its
+    start is in flight.
 
     A loop with nothing else to do can also `wait` for it on the spot, for a moment: a sync
     step's outcome reaching the loop through its self-pipe costs the thread a wake-up write and
@@ -59,6 +61,8 @@ class ThreadCall:
         self._done = threading.Event()
         self._outcome: tuple[Any, BaseException | None] | None = None  # for a loop waiting on the spot
         self._waiting = False  # the loop is blocked in `wait`: it settles the future itself
+
+    def start(self) -> None:
         POOL.submit(self._run)
 
     def _run(self) -> None:

@@ -351,8 +351,8 @@ class Store:
         """Commit all changes in one transaction: a single statement, so one round trip and no
         per-parameter encoding beyond one JSON document; returns each change's events with their seq.
 
-        `meanwhile` runs once the commit is on its way, while PostgreSQL stores it, when the
-        commit carries big values (only then is there time worth using); otherwise not at all.
+        `meanwhile` runs once the commit is on its way, while PostgreSQL stores it: work that
+        must not start before the commit is durable can be readied there.
 
         Raises LeaseLost (nothing written) when any run's fencing token has moved on; the caller
         drops that run's changes and commits the rest again."""
