@@ -57,6 +57,7 @@ CANCEL_REQUESTS = ("cancel", "cancel_compensate")
 RETRY_REQUEST = "retry"
 PAUSE_REQUESTS = ("pause", "pause_now")
 _UNDECODED = object()  # StepState.decoded before its stored JSON is first read
+_SETTLED = frozenset({"succeeded", "skipped", "failed", "cancelled"})  # nothing for _schedule to start
 ON_THE_SPOT_S = 0.002  # how long a lone run's loop blocks for its sync step before waiting as usual
 
 
@@ -302,7 +303,8 @@ class RunExecutor:
                 self._check_deadline()
                 self._handle_request(change)
                 launch = self._schedule_compensation(change) if self.compensations else self._schedule(change)
-                self._maybe_finish(change)
+                if not launch:  # a step about to start: the run is not over
+                    self._maybe_finish(change)
                 change.events.extend(self._late)
                 self._late.clear()
                 if change.events:
@@ -514,7 +516,10 @@ class RunExecutor:
         while progressed:
             progressed = False
             for parent in self.parents.values():
-                if parent.step.map_over and parent.state == "running":
+                state = parent.lc.state
+                if state in _SETTLED:  # most of a long run's steps, on every pass
+                    continue
+                if parent.step.map_over and state == "running":
                     limit = (parent.step.concurrency or self.wf.max_concurrency) - self._running(parent)
                     limit -= sum(1 for st in launch if st.step is parent.step)
                     for child in parent.children:
