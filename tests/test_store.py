@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -464,3 +465,16 @@ def test_a_run_input_with_a_nul_character_is_refused_before_anything_is_stored(s
     finally:
         runtime.writer.close()  # the store belongs to the fixture
     assert store.list_runs(states=[], workflow="nul_text", since=None, limit=5) == []
+
+
+def test_event_data_of_any_json_the_python_json_module_writes_is_committed(store):
+    """The commit document is written by orjson, which refuses integers past 64 bits; json writes
+    those, so an event carrying one is still committed, as are timestamps and non-string keys."""
+    (run_id,) = _runs(store, 1, 1)
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    data = [{"big": 2**70}, {"at": when, 7: "seven", "text": "naïve ☃"}]
+    (big,), (other,) = (store.commit([Change(run_id, 1, [NewEvent("progress", "s0", None, 1, d)])])[0] for d in data)
+    stored = {e.seq: e.data for e in store.events_after(run_id)}
+    assert stored[big.seq] == {"big": 2**70}
+    assert datetime.fromisoformat(stored[other.seq].pop("at")) == when
+    assert stored[other.seq] == {"7": "seven", "text": "naïve ☃"}
