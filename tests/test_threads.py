@@ -73,3 +73,13 @@ def test_a_thread_call_runs_nothing_until_started() -> None:
         return before, "ran" if ran.is_set() else "not run"
 
     assert asyncio.run(main()) == (False, "ran")
+
+
+def test_waiting_for_a_call_already_ended_leaves_it_to_the_loop() -> None:
+    async def main() -> tuple[bool, str]:
+        call = started(lambda: "early", {})
+        while not call._finished:  # ended, its outcome on its way through the loop's inbox
+            await asyncio.sleep(0.001)
+        return call.wait(5.0), await call.future
+
+    assert asyncio.run(main()) == (False, "early")

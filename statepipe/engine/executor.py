@@ -33,7 +33,7 @@ from statepipe.errors import (
     OutputNotSerializable,
     StepTimeout,
 )
-from statepipe.lifecycles import RUN_FINISHED, STEP_DONE, Lifecycle, run_lifecycle, step_lifecycle
+from statepipe.lifecycles import RUN_FINISHED, STEP_DONE, STEP_STATES, Lifecycle, run_lifecycle, step_lifecycle
 from statepipe.store.records import (
     AttemptWrite,
     Change,
@@ -57,7 +57,7 @@ CANCEL_REQUESTS = ("cancel", "cancel_compensate")
 RETRY_REQUEST = "retry"
 PAUSE_REQUESTS = ("pause", "pause_now")
 _UNDECODED = object()  # StepState.decoded before its stored JSON is first read
-_SETTLED = frozenset({"succeeded", "skipped", "failed", "cancelled"})  # nothing for _schedule to start
+_SETTLED = frozenset(STEP_STATES) - {"pending", "waiting", "running"}  # states _schedule starts nothing from
 ON_THE_SPOT_S = 0.002  # how long a lone run's loop blocks for its sync step before waiting as usual
 
 

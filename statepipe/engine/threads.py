@@ -58,9 +58,11 @@ class ThreadCall:
         self._box = inbox(loop)
         self._call: tuple[Callable[..., Any], dict[str, Any]] | None = (fn, kwargs)
         self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._outcome: tuple[Any, BaseException | None] | None = None  # for a loop waiting on the spot
-        self._waiting = False  # the loop is blocked in `wait`: it settles the future itself
+        self._finished = False
+        # while the loop is blocked in `wait`: what wakes it, and the outcome it settles itself (an
+        # Event only then: most calls, a worker's among many runs, are never waited for)
+        self._waiter: threading.Event | None = None
+        self._outcome: tuple[Any, BaseException | None] | None = None
 
     def start(self) -> None:
         POOL.submit(self._run)
@@ -77,22 +79,26 @@ class ThreadCall:
         # holds neither inputs nor output by then, so a released output is really let go
         del fn, kwargs
         with self._lock:
-            direct = self._waiting
-            if direct:
+            self._finished = True
+            waiter = self._waiter
+            if waiter is not None:
                 self._outcome = outcome
-        if not direct:
+        if waiter is None:
             self._box.put(settle, self.future, *outcome)
         del outcome
-        self._done.set()
+        if waiter is not None:
+            waiter.set()
 
     def wait(self, timeout: float) -> bool:
         """Block the calling loop (its thread) up to `timeout` seconds for the outcome; True once
         the future is settled."""
         with self._lock:
-            self._waiting = not self._done.is_set()
-        self._done.wait(timeout)
+            if self._finished:  # its outcome went to the loop's inbox
+                return False
+            self._waiter = waiter = threading.Event()
+        waiter.wait(timeout)
         with self._lock:
-            self._waiting = False
+            self._waiter = None
             outcome, self._outcome = self._outcome, None
         if outcome is None:
             return False
