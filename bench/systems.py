@@ -41,7 +41,8 @@ _INSERT = "INSERT INTO bench.step_outputs (workflow_id, step_id, output) VALUES 
 
 
 def encode(value: Any) -> str:
-    """The same compact JSON statepipe stores."""
+    """Compact JSON as plain psycopg writes it (its Jsonb dumper calls json.dumps); statepipe
+    stores the same text, written by orjson where it can."""
     return json.dumps(value, separators=(",", ":"))
 
 

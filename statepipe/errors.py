@@ -22,7 +22,8 @@ class InputError(StatepipeError):
 
 
 class ConfigError(StatepipeError):
-    """Something the environment must provide is missing, such as a model's API key."""
+    """Something the environment must provide is missing or unfit, such as a model's API key,
+    or a database whose encoding has no characters for the text a run produced."""
 
     exit_code = 2
 

@@ -478,3 +478,59 @@ def test_event_data_of_any_json_the_python_json_module_writes_is_committed(store
     assert stored[big.seq] == {"big": 2**70}
     assert datetime.fromisoformat(stored[other.seq].pop("at")) == when
     assert stored[other.seq] == {"7": "seven", "text": "naïve ☃"}
+
+
+@pytest.fixture
+def database_in(server_url: str) -> Iterator[Any]:
+    """Makes an empty database in the given encoding, dropped after the test; returns its URL."""
+    from psycopg import sql
+
+    made: list[str] = []
+
+    def make(encoding: str) -> str:
+        name = f"sp_test_{encoding.lower()}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} ENCODING {} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'").format(
+                    sql.Identifier(name), sql.Literal(encoding)
+                )
+            )
+        made.append(name)
+        info = psycopg.conninfo.conninfo_to_dict(server_url)
+        info["dbname"] = name
+        return psycopg.conninfo.make_conninfo(**info)
+
+    yield make
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_database_in_sql_ascii_stores_and_returns_text_beyond_ascii(database_in):
+    from conftest import run_here
+    from statepipe.store.database import open_store
+
+    store = open_store(database_in("SQL_ASCII"), max_size=2)
+    try:
+        snap = store.snapshot(run_here(store, "unicode_text"))
+        logged = [e.data for e in store.events_after(snap.run.id) if e.type == "progress"]
+    finally:
+        store.pool.close()
+    assert snap.run.state == "succeeded"
+    assert snap.steps[0].output == {"text": "café, 中文, ☃"}
+    assert logged and "café, 中文, ☃" in json.dumps(logged, ensure_ascii=False)
+
+
+def test_text_a_latin1_database_has_no_characters_for_ends_the_run_command_with_one_clear_line(database_in, cli):
+    from conftest import workflow_path
+
+    url = database_in("LATIN1")
+    done = cli("run", workflow_path("unicode_text"), STATEPIPE_DATABASE_URL=url)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("statepipe: error: the database cannot store this text (")
+    assert done.stderr.rstrip().endswith("statepipe needs a UTF8 database")
+    assert "Traceback" not in done.stderr
+    latin = cli("run", workflow_path("unicode_text"), "-i", "text=café", STATEPIPE_DATABASE_URL=url)
+    assert latin.returncode == 0, latin.stderr  # what LATIN1 has characters for is stored
+    runs = json.loads(cli("list", "--json", STATEPIPE_DATABASE_URL=url).stdout)
+    assert sorted(r["state"] for r in runs) == ["running", "succeeded"]  # the first is kept, resumable

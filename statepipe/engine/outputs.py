@@ -5,28 +5,61 @@ from __future__ import annotations
 
 import gc
 import json
+from enum import Enum
 from itertools import islice
 from typing import Any
+from uuid import UUID
+
+import orjson
 
 from statepipe.errors import OutputNotSerializable
 from statepipe.store.records import holds_nul
 
+# Subclasses of str, int, dict and list, and datetimes and dataclasses, are json's to write (or
+# refuse), as before orjson wrote outputs
+_FAST = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _also_stored(value: Any) -> Any:
+    """What orjson writes natively beyond json's types, written the same way by json."""
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 # Built once: json.dumps with any non-default option builds a new encoder on every call.
-_STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_also_stored).encode
 _SHOWN = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
 def encode(value: Any, what: str) -> str:
+    """An output's JSON text. orjson writes it (a megabyte of records in 1.3 ms where json takes
+    15, and every step waits for it); json writes what orjson refuses (an integer past 64 bits, a
+    key that is not a string) and whatever holds a null, since orjson writes NaN and infinity as
+    null where they must be refused."""
     try:
-        text = _STORED(value)
-    except (TypeError, ValueError) as exc:
+        raw = orjson.dumps(value, option=_FAST)
+    except TypeError:  # orjson.JSONEncodeError
+        raw = None
+    if raw is not None and b"null" not in raw:
+        text = raw.decode()
+    else:
+        text = _json_text(value, what)
+    if holds_nul(text):
+        raise OutputNotSerializable(f"{what} returned text with a NUL character (\\x00), which PostgreSQL cannot store")
+    return text
+
+
+def _json_text(value: Any, what: str) -> str:
+    try:
+        return _STORED(value)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise OutputNotSerializable(
             f"{what} returned {type(value).__name__}, which cannot be stored as JSON ({exc}); "
             "return dicts, lists, strings, numbers, booleans or None"
         ) from exc
-    if holds_nul(text):
-        raise OutputNotSerializable(f"{what} returned text with a NUL character (\\x00), which PostgreSQL cannot store")
-    return text
 
 
 def decode(text: str) -> Any:

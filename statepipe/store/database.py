@@ -88,10 +88,12 @@ class Pool(ConnectionPool):
 
 def open_store(url: str | None, *, max_size: int = 4, timeout: float = 30.0) -> Store:
     """Connect once directly (so an unreachable server is one clear error, at once) and apply the
-    schema; then keep that connection (max_size=1) or hand out pooled ones."""
-    conninfo = resolve_url(url)
+    schema; then keep that connection (max_size=1) or hand out pooled ones. Every connection
+    speaks UTF-8, whatever the database's encoding: outputs and event data are sent as UTF-8 JSON
+    text, which the server converts (a SQL_ASCII or LATIN1 database would otherwise have the
+    client refuse the first non-ASCII character)."""
     try:
-        psycopg.conninfo.conninfo_to_dict(conninfo)
+        conninfo = psycopg.conninfo.make_conninfo(resolve_url(url), client_encoding="UTF8")
     except psycopg.ProgrammingError as exc:
         raise DatabaseUnavailable(f"invalid database URL: {first_line(exc)}") from exc
     try:

@@ -22,7 +22,7 @@ from psycopg.pq import ExecStatus
 from psycopg.pq.abc import PGconn, PGresult
 from psycopg.rows import dict_row
 
-from statepipe.errors import ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
+from statepipe.errors import ConfigError, ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
 from statepipe.store.records import (
     AttemptRow,
     Change,
@@ -46,6 +46,8 @@ PREVIEW_BYTES = 2048
 PREVIEW_ITEMS = 20
 _DOCUMENT = json.JSONEncoder(default=str, separators=(",", ":")).encode  # for what orjson refuses (see _encode)
 LEASE_LOST_SQLSTATE = "SP001"
+# text a database in an encoding other than UTF8 has no characters for
+_UNSTORABLE_TEXT = (psycopg.errors.UntranslatableCharacter, psycopg.errors.CharacterNotInRepertoire)
 # statements prepared once per connection, by name
 _COMMIT = b"statepipe_commit"  # commit_changes without big values
 _CLAIM = b"statepipe_claim"
@@ -384,6 +386,10 @@ class Store:
             if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
                 lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
                 raise LeaseLost(lost) from exc
+            if isinstance(exc, _UNSTORABLE_TEXT):
+                raise ConfigError(
+                    f"the database cannot store this text ({first_line(exc)}); statepipe needs a UTF8 database"
+                ) from exc
             raise
         out: list[list[Event]] = []
         firsts = {r: lasts[r] - sum(len(changes[i].events) for i in idx) for r, idx in by_run.items()}
