@@ -283,3 +283,51 @@ def test_an_event_file_keeps_the_lines_it_was_given_when_another_runs_backfill_f
         assert [e["seq"] for e in _jsonl((tmp_path / "a.jsonl").read_text())] == [1, 2, 3]
     finally:
         files.close()
+
+
+def test_a_finished_run_is_reported_after_the_views_have_its_events_and_never_on_the_engines_loop(store):
+    import asyncio
+    import threading
+
+    runtime = Runtime(store)
+    seen: list[tuple[str, str]] = []  # (what, run id) in the order the views got them
+    loop_threads: set[int] = set()
+
+    def view(events: list[Any]) -> None:
+        seen.extend(("event:" + e.type, e.run_id) for e in events)
+
+    def finished(outcome: Any) -> None:
+        assert threading.get_ident() not in loop_threads
+        seen.append(("finished:" + outcome.state, outcome.run_id))
+
+    async def execute(run_id: str) -> Any:
+        loop_threads.add(threading.get_ident())
+        return await runtime.execute(run_id, loaded)
+
+    runtime.listen(view)
+    runtime.finished.append(finished)
+    loaded = load(workflow_path("echo"))
+    try:
+        run_id = runtime.create_run(loaded, {"n": 1})
+        assert asyncio.run(execute(run_id)).state == "succeeded"
+        runtime.writer.flush()
+    finally:
+        runtime.close()
+    assert seen[-2:] == [("event:run_succeeded", run_id), ("finished:succeeded", run_id)]
+
+
+def test_results_file_removed_while_a_process_writes_it_is_made_again_for_the_next_run(store, tmp_path):
+    from conftest import run_here
+    from statepipe.engine.runtime import Outcome
+    from statepipe.views.jsonl import ResultWriter
+
+    first, second = (run_here(store, "echo", n=n) for n in (1, 2))
+    results = ResultWriter(tmp_path)
+    try:
+        results(Outcome(first, "succeeded", {"n": 1}, store.get_run(first)))
+        (tmp_path / "results.jsonl").unlink()  # rotated away by hand
+        results(Outcome(second, "succeeded", {"n": 2}, store.get_run(second)))
+    finally:
+        results.close()
+    (line,) = _jsonl((tmp_path / "results.jsonl").read_text())
+    assert (line["run_id"], line["result"]) == (second, {"n": 2})

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -47,7 +48,7 @@ class Runtime:
         self.owner = new_owner_id()
         self.lease_ttl = lease_ttl or lease_seconds()
         self.executors: dict[str, RunExecutor] = {}
-        self.finished: list[Callable[[Outcome], None]] = []  # called when a run ends
+        self.finished: list[Callable[[Outcome], None]] = []  # called when a run ends, on the views' thread
         self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runnable: asyncio.Event | None = None  # set (on the loop) when a run may be claimable
@@ -180,7 +181,7 @@ class Runtime:
         outcome = Outcome(run_id, state, result, final)
         if state in RUN_FINISHED:
             for fn in self.finished:
-                fn(outcome)
+                self.writer.after_views(partial(fn, outcome))
         return outcome
 
     @staticmethod

@@ -78,11 +78,14 @@ class Writer:
         self._turn = threading.Lock()  # held by whoever is committing (and, here, gathering)
         self._thread = threading.Thread(target=self._loop, name="statepipe-writer", daemon=True)
         self._thread.start()
-        self._shown: queue.SimpleQueue[list[Event] | threading.Event] = queue.SimpleQueue()
+        self._shown: queue.SimpleQueue[list[Event] | threading.Event | Callable[[], None]] = queue.SimpleQueue()
         self._views: threading.Thread | None = None
 
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
+        self._start_views()
+
+    def _start_views(self) -> None:
         if self._views is None:
             self._views = threading.Thread(target=self._show, name="statepipe-views", daemon=True)
             self._views.start()
@@ -93,9 +96,15 @@ class Writer:
         if events and self._listeners:
             self._shown.put(events)
 
+    def after_views(self, fn: Callable[[], None]) -> None:
+        """Call `fn` on the views' thread once they have every event dispatched so far (a run's
+        line in results.jsonl after its events): the engine's loop does no file writes."""
+        self._start_views()
+        self._shown.put(fn)
+
     def _show(self) -> None:
         while True:
-            item: list[Event] | threading.Event | None = self._shown.get()
+            item: list[Event] | threading.Event | Callable[[], None] | None = self._shown.get()
             events: list[Event] = []
             while isinstance(item, list):  # everything committed meanwhile goes out in one call
                 events += item
@@ -111,6 +120,11 @@ class Writer:
                         log.exception("event listener failed")
             if isinstance(item, threading.Event):  # a flush: everything before it has been shown
                 item.set()
+            elif item is not None:
+                try:
+                    item()
+                except Exception:
+                    log.exception("run-finished callback failed")
 
     def submit(self, change: Change) -> Future[list[Event]]:
         """Queue a transition; the future resolves once it is committed."""

@@ -169,7 +169,8 @@ def _execute(
     runtime = runtime or Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
-    runtime.finished.append(ResultWriter(out_dir))
+    results = ResultWriter(out_dir)
+    runtime.finished.append(results)
     interactive = sys.stdout.isatty()
     loaded = load(workflow) if workflow else None
     if not interactive:
@@ -201,6 +202,7 @@ def _execute(
     finally:
         runtime.writer.flush_views()
         files.close()
+        results.close()
     _report(store.get_run(run_id), state, time.monotonic() - began)
     if state == "succeeded" and rerun is not None:
         _report_reuse(store.snapshot(run_id), rerun)
@@ -689,7 +691,8 @@ def worker(
     runtime = Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
-    runtime.finished.append(ResultWriter(out_dir))
+    results = ResultWriter(out_dir)
+    runtime.finished.append(results)
     # plain lines: a busy worker prints hundreds a second, and they are meant for logs and grep
     runtime.finished.append(lambda outcome: print(f"{outcome.run_id} {outcome.state}", file=sys.stderr, flush=True))
     names = [w.strip() for w in workflows.split(",") if w.strip()] if workflows else None
@@ -704,6 +707,7 @@ def worker(
     finally:
         runtime.writer.flush_views()
         files.close()
+        results.close()
         runtime.close()
     err.print(f"worker stopped after finishing {done} run(s)")
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from statepipe.store.records import Event, RunRow, iso
+from statepipe.store.records import Event, RunRow, iso, json_text
 
 if TYPE_CHECKING:  # annotations only: `logs` and `inspect` should not import the engine
     from statepipe.engine.runtime import Outcome
@@ -22,11 +22,8 @@ TERMINAL_EVENTS = {"run_succeeded": "succeeded", "run_failed": "failed", "run_ca
 RESTING_EVENTS = {*TERMINAL_EVENTS, "run_paused"}  # after these this process writes no more for the run
 
 
-_LINE = json.JSONEncoder(default=str, ensure_ascii=False).encode  # built once, not per line
-
-
 def event_line(event: Event) -> str:
-    return _LINE(event.as_json())
+    return json_text(event.as_json())
 
 
 def _last_seq(path: Path) -> int:
@@ -133,7 +130,7 @@ class StdoutEvents:
 
 def result_line(run: RunRow, result: Any) -> str:
     """A finished run as one JSON line, as results.jsonl and `batch --jsonl` print it."""
-    return _LINE({
+    return json_text({
         "run_id": run.id,
         "workflow": run.workflow,
         "state": run.state,
@@ -148,18 +145,29 @@ def result_line(run: RunRow, result: Any) -> str:
 
 
 class ResultWriter:
-    """Runtime.finished callback: a finished run's line in results.jsonl."""
+    """Runtime.finished callback: a finished run's line in results.jsonl.
+
+    The file stays open for appending (a worker ends runs by the hundred a second), each line
+    going out in one write, which keeps lines whole when several processes append; it is
+    opened again if it was removed meanwhile."""
 
     def __init__(self, output_dir: Path) -> None:
-        self.output_dir = output_dir
-        self._made_dir = False
+        self.path = output_dir / "results.jsonl"
+        self._fd: int | None = None
 
     def __call__(self, outcome: Outcome) -> None:
-        """One line per finished run in <output_dir>/results.jsonl; a single write keeps lines
-        whole when several processes append."""
         assert outcome.run is not None
-        if not self._made_dir:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._made_dir = True
-        with (self.output_dir / "results.jsonl").open("ab") as fh:
-            fh.write((result_line(outcome.run, outcome.result) + "\n").encode())
+        _write_all(self._descriptor(), (result_line(outcome.run, outcome.result) + "\n").encode())
+
+    def _descriptor(self) -> int:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+            self.close()
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

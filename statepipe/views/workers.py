@@ -20,7 +20,8 @@ def worker_process(url: str, batch_id: str, concurrency: int, output_dir: str, l
     go.wait()
     store = open_store(url, max_size=4)
     runtime = Runtime(store, lease_ttl=lease_ttl)
-    runtime.finished.append(ResultWriter(Path(output_dir)))
+    results = ResultWriter(Path(output_dir))
+    runtime.finished.append(results)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -30,6 +31,7 @@ def worker_process(url: str, batch_id: str, concurrency: int, output_dir: str, l
     try:
         asyncio.run(main())
     finally:
-        runtime.close()
+        runtime.close()  # the views' last callbacks are done once it returns
+        results.close()
 
 
