@@ -331,3 +331,17 @@ def test_results_file_removed_while_a_process_writes_it_is_made_again_for_the_ne
         results.close()
     (line,) = _jsonl((tmp_path / "results.jsonl").read_text())
     assert (line["run_id"], line["result"]) == (second, {"n": 2})
+
+
+def test_an_event_line_is_compact_json_with_iso_timestamps_whatever_its_data_holds():
+    from datetime import datetime, timezone
+
+    from statepipe.store.records import Event
+    from statepipe.views.jsonl import event_line
+
+    ts = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)
+    for data in ({"n": 1, "text": "naïve ☃"}, {"big": 2**70, "at": ts}):  # the second is past orjson
+        line = event_line(Event("r", 3, ts, "progress", "s", None, 1, data))
+        assert line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False)  # one compact line
+        assert json.loads(line) == {**Event("r", 3, ts, "progress", "s", None, 1, {}).as_json(), "data": json.loads(json.dumps(data, default=datetime.isoformat))}
+        assert json.loads(line)["ts"] == "2026-01-02T03:04:05.000678+00:00"

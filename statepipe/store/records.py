@@ -19,15 +19,21 @@ def iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts is not None else None
 
 
-_FALLBACK = json.JSONEncoder(default=str, separators=(",", ":"), ensure_ascii=False).encode  # see json_text
+def _as_text(value: Any) -> str:
+    """What json_text writes for a value JSON has no type for: a timestamp as orjson writes one
+    (ISO 8601, as datetime.isoformat), anything else as its str()."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+_FALLBACK = json.JSONEncoder(default=_as_text, separators=(",", ":"), ensure_ascii=False).encode  # see json_text
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def json_text(value: Any) -> str:
     """Compact JSON of what statepipe writes itself (commit documents, event and result lines):
-    anything else as its str(). orjson writes it, several times faster than json, and
-    timestamps without calling back into Python; json writes what orjson refuses, such as an
-    integer past 64 bits."""
+    timestamps in ISO 8601, anything else JSON has no type for as its str(). orjson writes it,
+    several times faster than json, timestamps included; json writes what orjson refuses, such as
+    an integer past 64 bits."""
     try:
         return orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except orjson.JSONEncodeError:
@@ -166,17 +172,22 @@ class Event:
     attempt: int | None
     data: dict[str, Any]
 
-    def as_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
+        """The event's line before encoding, its timestamp still a datetime (json_text writes it
+        as isoformat() would, without a call back into Python)."""
         return {
             "seq": self.seq,
             "run_id": self.run_id,
-            "ts": iso(self.ts),
+            "ts": self.ts,
             "type": self.type,
             "step": self.step,
             "item": self.item,
             "attempt": self.attempt,
             "data": self.data,
         }
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.as_dict(), "ts": iso(self.ts)}
 
 
 @dataclass

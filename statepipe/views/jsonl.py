@@ -23,7 +23,7 @@ RESTING_EVENTS = {*TERMINAL_EVENTS, "run_paused"}  # after these this process wr
 
 
 def event_line(event: Event) -> str:
-    return json_text(event.as_json())
+    return json_text(event.as_dict())
 
 
 def _last_seq(path: Path) -> int:
