@@ -42,6 +42,23 @@ def _step_done(run_id: str, i: int, output: str) -> Change:
     )
 
 
+def test_step_rows_for_a_run_that_does_not_exist_are_refused_and_nothing_is_written(conn):
+    """No foreign key checks a step row's run (it cost creating runs a third of its time): the
+    fencing-token UPDATE every commit starts with is what refuses rows for a run it cannot find."""
+    from statepipe.errors import LeaseLost
+
+    store = Store(SingleConnection(conn))
+    (real,) = _runs(store, 1, 1)
+    ghost = str(uuid.uuid4())
+    fanned = [NewStepRow("child", "a", 0, "pending", [])]
+    with pytest.raises(LeaseLost) as lost:
+        store.commit([Change(real, 1, [NewEvent("step_expanded")], new_steps=fanned),
+                      Change(ghost, 1, [NewEvent("step_expanded")], new_steps=fanned)])
+    assert lost.value.run_id == ghost
+    rows = conn.execute("SELECT run_id, name FROM statepipe.steps WHERE run_id = ANY(%s)", ([real, ghost],)).fetchall()
+    assert rows == [(real, "s0")]
+
+
 # an output past the splice limit: it goes beside the document, through the overlapping path
 _BIG = json.dumps(["x" * 100] * 1_000)
 
