@@ -10,7 +10,8 @@ then the timed batch of 200. The timed unit is from submitting the 200 runs (one
 as `statepipe run --detach` / `batch` do) to holding all 200 checked results read back from the
 store; the workers' own lines ("<run_id> <state>" as each run ends) say when to read them. After
 the clock, the succeeded step attempts are counted. The workers are then stopped with SIGTERM
-(they drain and exit).
+(they drain and exit). Their event files and results.jsonl go to one folder for all rounds,
+removed at the end.
 
 The whole `statepipe batch` command is timed as well (`--batch-command`), start-up included:
 that is what a user waits for at the terminal, not the engine's cost.
@@ -137,38 +138,36 @@ def count_succeeded_attempts(runtime: Runtime, ids: Sequence[str]) -> int:
     return int(row[0]) if row else 0
 
 
-def worker_round(url: str, first_k: int, workers: int) -> tuple[float, int]:
+def worker_round(url: str, first_k: int, workers: int, out_dir: str) -> tuple[float, int]:
     loaded = Loaded(wl.W4, W4_REF)
     runtime = Runtime(open_store(url, max_size=2))
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = Workers(url, workers, tmp)
-        try:
-            submit_and_wait(runtime, loaded, pool, first_k, wl.W4_WARMUP_RUNS)
-            elapsed, ids = submit_and_wait(runtime, loaded, pool, first_k + wl.W4_WARMUP_RUNS, wl.W4_RUNS)
-            persisted = count_succeeded_attempts(runtime, ids)  # after the clock, as BENCH.md asks
-            if persisted != wl.W4_RUNS * wl.W4_STEPS:
-                raise BenchError(f"workers persisted {persisted} succeeded steps, expected {wl.W4_RUNS * wl.W4_STEPS}")
-        finally:
-            pool.stop()
-            runtime.close()
+    pool = Workers(url, workers, out_dir)
+    try:
+        submit_and_wait(runtime, loaded, pool, first_k, wl.W4_WARMUP_RUNS)
+        elapsed, ids = submit_and_wait(runtime, loaded, pool, first_k + wl.W4_WARMUP_RUNS, wl.W4_RUNS)
+        persisted = count_succeeded_attempts(runtime, ids)  # after the clock, as BENCH.md asks
+        if persisted != wl.W4_RUNS * wl.W4_STEPS:
+            raise BenchError(f"workers persisted {persisted} succeeded steps, expected {wl.W4_RUNS * wl.W4_STEPS}")
+    finally:
+        pool.stop()
+        runtime.close()
     return elapsed, persisted
 
 
-def batch_command_round(url: str, first_k: int, processes: int) -> float:
+def batch_command_round(url: str, first_k: int, processes: int, out_dir: str) -> float:
     """The whole `statepipe batch` command, process start-up included."""
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs = Path(tmp) / "inputs.jsonl"
-        ks = range(first_k, first_k + wl.W4_RUNS)
-        inputs.write_text("".join(json.dumps(wl.chain_input(k)) + "\n" for k in ks))
-        cmd = [
-            sys.executable, "-m", "statepipe", "--database-url", url, "--output-dir", tmp,
-            "batch", W4_REF, str(inputs),
-            "--concurrency", str(wl.W4_CONCURRENCY), "--processes", str(processes), "--jsonl",
-        ]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
-        elapsed = time.perf_counter() - start
+    inputs = Path(out_dir) / f"inputs-{first_k}.jsonl"
+    ks = range(first_k, first_k + wl.W4_RUNS)
+    inputs.write_text("".join(json.dumps(wl.chain_input(k)) + "\n" for k in ks))
+    cmd = [
+        sys.executable, "-m", "statepipe", "--database-url", url, "--output-dir", out_dir,
+        "batch", W4_REF, str(inputs),
+        "--concurrency", str(wl.W4_CONCURRENCY), "--processes", str(processes), "--jsonl",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
+    elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise BenchError(f"statepipe batch failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -199,21 +198,26 @@ def main() -> int:
     url = resolve_url(args.database_url)
     base = int(time.time()) * 1000  # fresh inputs each invocation
     floor, workers, command, persisted = [], [], [], []
-    try:
-        for r in range(args.rounds):
-            k = base + r * 10_000
-            floor.append(floor_round(url, k))
-            elapsed, steps = worker_round(url, k + 1_000, args.workers)
-            workers.append(elapsed)
-            persisted.append(steps)
-            line = f"round {r + 1}: floor {floor[-1] * 1000:.0f} ms, {args.workers} workers {workers[-1] * 1000:.0f} ms"
-            if args.batch_command:
-                command.append(batch_command_round(url, k + 5_000, args.workers))
-                line += f", `statepipe batch` command {command[-1] * 1000:.0f} ms"
-            log(line)
-    except BenchError as exc:
-        log(f"benchmark failed: {exc}")
-        return 1
+    # One output folder for every round, as a long-lived worker has: files deleted between
+    # rounds make creating the next round's slow on a filesystem that avoids reusing the inodes
+    # of recently deleted files (ext4 without a journal scans past each: a third of a worker's
+    # CPU on this benchmark's VM).
+    with tempfile.TemporaryDirectory() as out_dir:
+        try:
+            for r in range(args.rounds):
+                k = base + r * 10_000
+                floor.append(floor_round(url, k))
+                elapsed, steps = worker_round(url, k + 1_000, args.workers, out_dir)
+                workers.append(elapsed)
+                persisted.append(steps)
+                line = f"round {r + 1}: floor {floor[-1] * 1000:.0f} ms, {args.workers} workers {workers[-1] * 1000:.0f} ms"
+                if args.batch_command:
+                    command.append(batch_command_round(url, k + 5_000, args.workers, out_dir))
+                    line += f", `statepipe batch` command {command[-1] * 1000:.0f} ms"
+                log(line)
+        except BenchError as exc:
+            log(f"benchmark failed: {exc}")
+            return 1
     print(f"W4 (200 × 5 steps, at most 20 at a time), median of {args.rounds} rounds; ratio = median of per-round ratios")
     print()
     print("| path | floor | statepipe | ratio |")
