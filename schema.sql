@@ -107,7 +107,8 @@ ALTER TABLE statepipe.events DROP CONSTRAINT IF EXISTS events_run_id_fkey;
 ALTER TABLE statepipe.attempts DROP CONSTRAINT IF EXISTS attempts_run_id_step_item_fkey;
 -- v5: steps likewise: their rows are inserted only with their run (commit_changes, after the
 -- fencing-token UPDATE that found it; fork_run, in the transaction that inserts it), and its
--- check cost a third of creating a batch's runs (200 W4 runs: 27 -> 18 ms).
+-- check cost a third of creating a batch's runs (200 W4 runs: 27 -> 18 ms). statepipe deletes
+-- no runs; one deleted by hand leaves its steps, events and attempts, to delete by run_id.
 ALTER TABLE statepipe.steps DROP CONSTRAINT IF EXISTS steps_run_id_fkey;
 -- Hot rows get room on their page (fillfactor), so their many updates stay HOT: no index writes.
 ALTER TABLE statepipe.runs SET (fillfactor = 50);

@@ -42,7 +42,7 @@ _INSERT = "INSERT INTO bench.step_outputs (workflow_id, step_id, output) VALUES 
 
 def encode(value: Any) -> str:
     """Compact JSON as plain psycopg writes it (its Jsonb dumper calls json.dumps); statepipe
-    stores the same text, written by orjson where it can."""
+    stores the same values (its text, by orjson where it can, leaves non-ASCII unescaped)."""
     return json.dumps(value, separators=(",", ":"))
 
 

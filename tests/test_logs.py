@@ -316,21 +316,28 @@ def test_a_finished_run_is_reported_after_the_views_have_its_events_and_never_on
     assert seen[-2:] == [("event:run_succeeded", run_id), ("finished:succeeded", run_id)]
 
 
-def test_results_file_removed_while_a_process_writes_it_is_made_again_for_the_next_run(store, tmp_path):
+@pytest.mark.parametrize("rotation", ["removed", "renamed"])
+def test_results_file_rotated_away_while_a_process_writes_it_is_made_again_for_the_next_run(store, tmp_path, rotation):
     from conftest import run_here
     from statepipe.engine.runtime import Outcome
     from statepipe.views.jsonl import ResultWriter
 
     first, second = (run_here(store, "echo", n=n) for n in (1, 2))
     results = ResultWriter(tmp_path)
+    path = tmp_path / "results.jsonl"
     try:
         results(Outcome(first, "succeeded", {"n": 1}, store.get_run(first)))
-        (tmp_path / "results.jsonl").unlink()  # rotated away by hand
+        if rotation == "removed":
+            path.unlink()
+        else:
+            path.rename(tmp_path / "results.jsonl.1")
         results(Outcome(second, "succeeded", {"n": 2}, store.get_run(second)))
     finally:
         results.close()
-    (line,) = _jsonl((tmp_path / "results.jsonl").read_text())
+    (line,) = _jsonl(path.read_text())
     assert (line["run_id"], line["result"]) == (second, {"n": 2})
+    if rotation == "renamed":
+        assert [r["run_id"] for r in _jsonl((tmp_path / "results.jsonl.1").read_text())] == [first]
 
 
 def test_an_event_line_is_compact_json_with_iso_timestamps_whatever_its_data_holds():
@@ -343,5 +350,31 @@ def test_an_event_line_is_compact_json_with_iso_timestamps_whatever_its_data_hol
     for data in ({"n": 1, "text": "naïve ☃"}, {"big": 2**70, "at": ts}):  # the second is past orjson
         line = event_line(Event("r", 3, ts, "progress", "s", None, 1, data))
         assert line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False)  # one compact line
-        assert json.loads(line) == {**Event("r", 3, ts, "progress", "s", None, 1, {}).as_json(), "data": json.loads(json.dumps(data, default=datetime.isoformat))}
-        assert json.loads(line)["ts"] == "2026-01-02T03:04:05.000678+00:00"
+        assert json.loads(line) == {
+            "seq": 3, "run_id": "r", "ts": "2026-01-02T03:04:05.000678+00:00", "type": "progress", "step": "s",
+            "item": None, "attempt": 1, "data": json.loads(json.dumps(data, default=datetime.isoformat)),
+        }
+
+
+def test_an_event_line_is_the_same_whichever_json_writer_wrote_it():
+    """orjson writes lines; json writes what orjson refuses (an integer past 64 bits), as orjson would."""
+    import math
+    import uuid
+    from datetime import datetime, timezone
+    from enum import Enum
+
+    from statepipe.store.records import Event
+    from statepipe.views.jsonl import event_line
+
+    class Colour(Enum):
+        RED = "red"
+
+    ts = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    data = {"score": math.nan, "colour": Colour.RED, uuid.UUID(int=1): "by id", ts: "at", 7: [math.inf]}
+
+    def line_data(d: dict[Any, Any]) -> Any:
+        return json.loads(event_line(Event("r", 1, ts, "progress", "s", None, 1, d)))["data"]
+
+    plain = line_data(data)
+    assert plain == {"score": None, "colour": "red", str(uuid.UUID(int=1)): "by id", ts.isoformat(): "at", "7": [None]}
+    assert line_data({**data, "big": 2**70}) == {**plain, "big": 2**70}

@@ -3,6 +3,7 @@ connection kept for it), and what a run holds in memory: outputs as stored, free
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ def test_step_rows_for_a_run_that_does_not_exist_are_refused_and_nothing_is_writ
     assert lost.value.run_id == ghost
     rows = conn.execute("SELECT run_id, name FROM statepipe.steps WHERE run_id = ANY(%s)", ([real, ghost],)).fetchall()
     assert rows == [(real, "s0")]
+    keys = "SELECT conname FROM pg_constraint WHERE conrelid = 'statepipe.steps'::regclass AND contype = 'f'"
+    assert conn.execute(keys).fetchall() == []
 
 
 # an output past the splice limit: it goes beside the document, through the overlapping path
@@ -499,7 +502,8 @@ def test_event_data_of_any_json_the_python_json_module_writes_is_committed(store
 
 @pytest.fixture
 def database_in(server_url: str) -> Iterator[Any]:
-    """Makes an empty database in the given encoding, dropped after the test; returns its URL."""
+    """A function making an empty database in the given encoding and returning its URL; each is
+    dropped after the test."""
     from psycopg import sql
 
     made: list[str] = []
@@ -523,26 +527,31 @@ def database_in(server_url: str) -> Iterator[Any]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_a_database_in_sql_ascii_stores_and_returns_text_beyond_ascii(database_in):
+@pytest.mark.parametrize("given", [{}, {"text": "naïve ☃ 中文"}], ids=["default", "as-input"])
+def test_a_database_in_sql_ascii_stores_and_returns_text_beyond_ascii(database_in, given):
     from conftest import run_here
     from statepipe.store.database import open_store
 
+    text = given.get("text", "café, 中文, ☃")
     store = open_store(database_in("SQL_ASCII"), max_size=2)
     try:
-        snap = store.snapshot(run_here(store, "unicode_text"))
+        snap = store.snapshot(run_here(store, "unicode_text", **given))
         logged = [e.data for e in store.events_after(snap.run.id) if e.type == "progress"]
     finally:
         store.pool.close()
     assert snap.run.state == "succeeded"
-    assert snap.steps[0].output == {"text": "café, 中文, ☃"}
-    assert logged and "café, 中文, ☃" in json.dumps(logged, ensure_ascii=False)
+    assert snap.run.input == given
+    assert snap.steps[0].output == {"text": text, "note": None}
+    assert logged and text in json.dumps(logged, ensure_ascii=False)
 
 
-def test_text_a_latin1_database_has_no_characters_for_ends_the_run_command_with_one_clear_line(database_in, cli):
+@pytest.mark.parametrize("where", ["output", "input"])
+def test_text_a_latin1_database_has_no_characters_for_ends_the_run_command_with_one_clear_line(database_in, cli, where):
     from conftest import workflow_path
 
     url = database_in("LATIN1")
-    done = cli("run", workflow_path("unicode_text"), STATEPIPE_DATABASE_URL=url)
+    given = ["-i", "text=中文"] if where == "input" else []
+    done = cli("run", workflow_path("unicode_text"), *given, STATEPIPE_DATABASE_URL=url)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("statepipe: error: the database cannot store this text (")
     assert done.stderr.rstrip().endswith("statepipe needs a UTF8 database")
@@ -550,4 +559,35 @@ def test_text_a_latin1_database_has_no_characters_for_ends_the_run_command_with_
     latin = cli("run", workflow_path("unicode_text"), "-i", "text=café", STATEPIPE_DATABASE_URL=url)
     assert latin.returncode == 0, latin.stderr  # what LATIN1 has characters for is stored
     runs = json.loads(cli("list", "--json", STATEPIPE_DATABASE_URL=url).stdout)
-    assert sorted(r["state"] for r in runs) == ["running", "succeeded"]  # the first is kept, resumable
+    # a refused output leaves its run as it was, resumable; a refused input creates none
+    assert sorted(r["state"] for r in runs) == (["running", "succeeded"] if where == "output" else ["succeeded"])
+
+
+def test_a_change_the_database_refuses_fails_only_its_own_run_among_those_committed_with_it(database_in):
+    """Grouped in one transaction with other runs' changes, a change whose text the database cannot
+    hold is retried run by run: the others are committed, only its waiter hears the refusal."""
+    from statepipe.engine.writer import Writer
+    from statepipe.errors import ConfigError
+    from statepipe.store.database import open_store
+
+    store = open_store(database_in("LATIN1"), max_size=2)
+    writer = Writer(store)
+    try:
+        ok, bad, also_ok = _runs(store, 3, 1)
+
+        def said(run_id: str, text: str) -> Change:
+            return Change(run_id, 1, [NewEvent("progress", "s0", None, 1, {"message": text})])
+
+        async def together() -> list[Any]:
+            with writer._turn:  # held: the three are gathered into one batch
+                waits = [writer.committed(said(ok, "café")), writer.committed(said(bad, "中文")),
+                         writer.committed(said(also_ok, "naïve"))]
+            return list(await asyncio.gather(*waits, return_exceptions=True))
+
+        first, refused, third = asyncio.run(together())
+        assert isinstance(refused, ConfigError) and "UTF8 database" in str(refused)
+        assert [e.data["message"] for e in first] == ["café"] and [e.data["message"] for e in third] == ["naïve"]
+        assert [e.type for e in store.events_after(bad)] == ["run_created"]
+    finally:
+        writer.close()
+        store.pool.close()

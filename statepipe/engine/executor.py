@@ -384,7 +384,7 @@ class RunExecutor:
         usage = summarize_usage(st.ctx.usage) if st.ctx is not None and st.ctx.usage else None
         change.attempts.append(AttemptWrite(
             st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=st.finished_at or utcnow(),
-            error=error, output=output, usage=json.dumps(usage) if usage else None,
+            error=error, output=output, usage=json.dumps(usage, ensure_ascii=False) if usage else None,
             # only a computed output is a cache source: a reused one points at its origin instead
             cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
         ))

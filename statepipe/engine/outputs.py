@@ -30,7 +30,7 @@ def _also_stored(value: Any) -> Any:
 
 
 # Built once: json.dumps with any non-default option builds a new encoder on every call.
-_STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_also_stored).encode
+_STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False, default=_also_stored).encode
 _SHOWN = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 

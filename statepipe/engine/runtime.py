@@ -101,7 +101,7 @@ class Runtime:
                 raise InputError(f"run input must be a JSON object, got {type(run_input).__name__}")
             wf.check_input(run_input)
             try:
-                input_json = json.dumps(run_input, allow_nan=False)
+                input_json = json.dumps(run_input, allow_nan=False, ensure_ascii=False)
             except (TypeError, ValueError) as exc:
                 raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
             if holds_nul(input_json):
@@ -215,8 +215,10 @@ class Runtime:
         keep = [s.name for s in wf.steps if s.name in done and s.name not in redo]
         run_id = str(uuid.uuid4())
         event = NewEvent("run_created", data={"workflow": wf.name, "input": snap.run.input, "forked_from": source, "reused": keep})
-        run = NewRun(run_id, wf.name, snap.run.workflow_ref, json.dumps(snap.run.input), [], event, owner=self.owner,
-                     fingerprint=wf.fingerprint())
+        input_json = json.dumps(snap.run.input, ensure_ascii=False)
+        run = NewRun(
+            run_id, wf.name, snap.run.workflow_ref, input_json, [], event, owner=self.owner, fingerprint=wf.fingerprint()
+        )
         self.writer.dispatch([self.store.fork_run(source, run, keep, ttl=self.lease_ttl)])
         return run_id
 

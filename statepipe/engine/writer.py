@@ -180,12 +180,13 @@ class Writer:
         self.submit(Change("", 0, [])).result()
         self.flush_views()
 
-    def flush_views(self) -> None:
-        """Wait until the views have everything committed so far (not what is still queued)."""
+    def flush_views(self, timeout: float | None = None) -> None:
+        """Wait (up to `timeout` seconds) until the views have everything committed so far (not
+        what is still queued), run-finished callbacks included."""
         if self._views is not None:
             shown = threading.Event()
             self._shown.put(shown)
-            shown.wait()
+            shown.wait(timeout)
 
     def close(self) -> None:
         self.flush()
@@ -235,7 +236,15 @@ class Writer:
             except LeaseLost as exc:
                 batch = self._without(batch, exc.run_id)
                 continue
-            except Exception as exc:  # the database stayed away: every waiter learns why
+            except Exception as exc:
+                runs = list(dict.fromkeys(i.change.run_id for i in batch))
+                if len(runs) > 1 and not isinstance(exc, DatabaseUnavailable):
+                    # the database refused one run's change (text its encoding cannot hold, say):
+                    # run by run, so only that run's waiters learn of it
+                    for run_id in runs:
+                        self._commit([i for i in batch if i.change.run_id == run_id], [])
+                    return
+                # the database stayed away, or refused this run's change: every waiter learns why
                 _resolve([(item.future, None, exc) for item in batch if item.future is not None])
                 return
             self._committed(batch, results)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -25,35 +27,54 @@ def _as_text(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+def _like_orjson(value: Any) -> Any:
+    """`value` as orjson writes it, for json to write the same (json_text's fallback): NaN and
+    infinity as null, enums as their values, keys of other types than json's as text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Enum):
+        return _like_orjson(value.value)
+    if isinstance(value, dict):
+        return {_key(k): _like_orjson(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_like_orjson(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    key = key.value if isinstance(key, Enum) else key
+    return key if key is None or isinstance(key, (str, int, float, bool)) else _as_text(key)
+
+
 _FALLBACK = json.JSONEncoder(default=_as_text, separators=(",", ":"), ensure_ascii=False).encode  # see json_text
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def json_text(value: Any) -> str:
     """Compact JSON of what statepipe writes itself (commit documents, event and result lines):
-    timestamps in ISO 8601, anything else JSON has no type for as its str(). orjson writes it,
-    several times faster than json, timestamps included; json writes what orjson refuses, such as
-    an integer past 64 bits."""
+    timestamps in ISO 8601, NaN and infinity as null, enums as their values, anything else JSON
+    has no type for as its str(). orjson writes it, several times faster than json, timestamps
+    included; json writes what orjson refuses (an integer past 64 bits), the same way."""
     try:
         return orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except orjson.JSONEncodeError:
-        return _FALLBACK(value)
+        return _FALLBACK(_like_orjson(value))
 
 
 # NUL escaped in JSON text: "\u0000" that is not the tail of an escaped backslash ("\\u0000")
 _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-def holds_nul(json_text: str) -> bool:
-    """Whether JSON text (encoded with ensure_ascii) holds the NUL character, which PostgreSQL's
-    jsonb and text cannot store: an output or a run input that does is refused."""
-    return "\\u0000" in json_text and _NUL.search(json_text) is not None
+def holds_nul(text: str) -> bool:
+    """Whether JSON text holds the NUL character (JSON always escapes it: \\u0000), which
+    PostgreSQL's jsonb and text cannot store: an output or a run input that does is refused."""
+    return "\\u0000" in text and _NUL.search(text) is not None
 
 
-def without_nul(json_text: str) -> str:
+def without_nul(text: str) -> str:
     """The JSON text with each NUL character replaced by U+FFFD: for what is kept as text for
     people (an error, an event's data), where refusing it would lose the rest."""
-    return _NUL.sub(r"\1\\ufffd", json_text) if "\\u0000" in json_text else json_text
+    return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
 # -- writes -----------------------------------------------------------------------------------
@@ -173,8 +194,8 @@ class Event:
     data: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        """The event's line before encoding, its timestamp still a datetime (json_text writes it
-        as isoformat() would, without a call back into Python)."""
+        """The event's line before encoding (views.jsonl.event_line), its timestamp still a
+        datetime: json_text writes it as isoformat() would, without a call back into Python."""
         return {
             "seq": self.seq,
             "run_id": self.run_id,
@@ -185,9 +206,6 @@ class Event:
             "attempt": self.attempt,
             "data": self.data,
         }
-
-    def as_json(self) -> dict[str, Any]:
-        return {**self.as_dict(), "ts": iso(self.ts)}
 
 
 @dataclass

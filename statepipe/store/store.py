@@ -377,19 +377,9 @@ class Store:
         by_run: dict[str, list[int]] = {}
         for i, ch in enumerate(changes):
             by_run.setdefault(ch.run_id, []).append(i)
-        try:
-            with self._tx(committing=True) as conn:  # autocommit: one transaction, one round trip
-                seqs, claimed = self._commit_changes(conn, changes, list(by_run.values()), meanwhile=meanwhile, claims=requests)
-                lasts = dict(zip(by_run, seqs))
-        except psycopg.DatabaseError as exc:
-            if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
-                lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
-                raise LeaseLost(lost) from exc
-            if isinstance(exc, _UNSTORABLE_TEXT):
-                raise ConfigError(
-                    f"the database cannot store this text ({first_line(exc)}); statepipe needs a UTF8 database"
-                ) from exc
-            raise
+        with self._tx(committing=True) as conn:  # autocommit: one transaction, one round trip
+            seqs, claimed = self._commit_changes(conn, changes, list(by_run.values()), meanwhile=meanwhile, claims=requests)
+            lasts = dict(zip(by_run, seqs))
         out: list[list[Event]] = []
         firsts = {r: lasts[r] - sum(len(changes[i].events) for i in idx) for r, idx in by_run.items()}
         for ch in changes:
@@ -425,7 +415,17 @@ class Store:
             else:
                 sends.append(_prepared(conn, _COMMIT, doc.encode(encoding)))
         sends += [_prepared(conn, _CLAIM, _claim_document(r).encode(encoding)) for r in claims]
-        answers = _execute(conn, sends, meanwhile)
+        try:
+            answers = _execute(conn, sends, meanwhile)
+        except psycopg.DatabaseError as exc:
+            if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
+                lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
+                raise LeaseLost(lost) from exc
+            if isinstance(exc, _UNSTORABLE_TEXT):
+                raise ConfigError(
+                    f"the database cannot store this text ({first_line(exc)}); statepipe needs a UTF8 database"
+                ) from exc
+            raise
         lasts = _lasts(answers[0]) if commits else []
         return lasts, [[_claim(row) for row in json.loads(a.get_value(0, 0) or b"[]")] for a in answers[commits:]]
 
@@ -514,7 +514,7 @@ def _document(
 
 def _claim_document(request: ClaimRequest) -> str:
     """The JSON document statepipe.claim_runs reads (see schema.sql)."""
-    return json.dumps({
+    return json_text({
         "owner": request.owner, "lease_s": request.ttl, "limit": request.limit,
         "workflows": list(request.workflows) if request.workflows else None,
         "batch": request.batch_id, "skip": list(request.skip),

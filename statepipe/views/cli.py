@@ -134,6 +134,8 @@ def _drain_on_signals(runtime: Any, grace: float, what: str, say: Any = None) ->
     def on_signal() -> None:
         count["n"] += 1
         if count["n"] > 1:
+            # the views may still hold lines of what ended (results.jsonl is not rebuilt later)
+            runtime.writer.flush_views(timeout=1.0)
             os._exit(EXIT_INTERRUPTED)  # the next owner resumes; nothing committed is lost
         (say or err.print)(f"stopping {what}: no new steps; waiting up to {grace:g}s for running steps (signal again to quit now)")
         runtime.stop()

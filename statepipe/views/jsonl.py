@@ -149,7 +149,7 @@ class ResultWriter:
 
     The file stays open for appending (a worker ends runs by the hundred a second), each line
     going out in one write, which keeps lines whole when several processes append; it is
-    opened again if it was removed meanwhile."""
+    opened again if it was removed or renamed (rotated) meanwhile."""
 
     def __init__(self, output_dir: Path) -> None:
         self.path = output_dir / "results.jsonl"
@@ -160,8 +160,13 @@ class ResultWriter:
         _write_all(self._descriptor(), (result_line(outcome.run, outcome.result) + "\n").encode())
 
     def _descriptor(self) -> int:
-        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
-            self.close()
+        if self._fd is not None:
+            try:
+                current = os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if not current:
+                self.close()
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
