@@ -48,7 +48,8 @@ class Runtime:
         self.owner = new_owner_id()
         self.lease_ttl = lease_ttl or lease_seconds()
         self.executors: dict[str, RunExecutor] = {}
-        self.finished: list[Callable[[Outcome], None]] = []  # called when a run ends, on the views' thread
+        # called when a run ends, on the views' thread; close() (or writer.flush()) waits for them
+        self.finished: list[Callable[[Outcome], None]] = []
         self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runnable: asyncio.Event | None = None  # set (on the loop) when a run may be claimable
