@@ -165,14 +165,6 @@ def _decode(steps: list[StepState]) -> None:
         st.output  # noqa: B018 - reading decodes it
 
 
-def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
-    """Run a sync step on a pooled daemon thread: one that outlives a timeout or a shutdown is
-    abandoned, and never holds the process open."""
-    call = ThreadCall(fn, kwargs)
-    call.start()
-    return call.future
-
-
 class RunExecutor:
     def __init__(self, runtime: Runtime, wf: Workflow, snap: RunSnapshot, fence: int, rerun: RerunPlan | None = None) -> None:
         self.runtime = runtime
@@ -650,11 +642,7 @@ class RunExecutor:
             self._prepare(st)
         assert st.ctx is not None
         st.began = time.monotonic()
-        if st.call is not None:
-            st.call.start()
-            work: asyncio.Future[Any] = st.call.future
-        else:
-            work = asyncio.create_task(self._invoke(st, st.ctx), name=st.label)
+        work = st.call.start() if st.call is not None else asyncio.create_task(self._invoke(st, st.ctx), name=st.label)
         self.tasks[work] = st
         work.add_done_callback(lambda _t: self._wake.set())
 
@@ -685,7 +673,7 @@ class RunExecutor:
         if st.step.is_async if st.undoes is None else inspect.iscoroutinefunction(fn):
             awaitable: Any = fn(**kwargs)
         else:
-            awaitable = _run_in_thread(fn, kwargs)
+            awaitable = ThreadCall(fn, kwargs).start()  # a daemon thread: one that outlives a timeout is abandoned
         if st.step.timeout is None:
             return await awaitable
         try:
@@ -714,11 +702,10 @@ class RunExecutor:
                 raise RuntimeError(f"run {self.run_id}: nothing running and nothing ready")  # a bug, not a user error
             return
         self._wake.clear()
-        if any(t.done() for t in self.tasks):
-            pass
-        elif self._wait_on_the_spot():
+        ready = any(t.done() for t in self.tasks)
+        if not ready and self._wait_on_the_spot():
             await asyncio.sleep(0)  # the loop still turns once a step: heartbeat, signals, control
-        else:
+        elif not ready:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:

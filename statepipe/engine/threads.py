@@ -64,8 +64,10 @@ class ThreadCall:
         self._waiter: threading.Event | None = None
         self._outcome: tuple[Any, BaseException | None] | None = None
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Future[Any]:
+        """Hand the call to a pool thread; returns `future`, which its outcome settles."""
         POOL.submit(self._run)
+        return self.future
 
     def _run(self) -> None:
         assert self._call is not None
