@@ -271,7 +271,8 @@ def test_exhausted_repairs_fail_with_a_message_naming_the_field(server, store):
 def test_ndjson_items_become_partial_events_as_their_lines_complete(server, store):
     items = [{"title": f"Section {i}", "words": 100 * (i + 1)} for i in range(4)]
     content = "".join(json.dumps(x) + "\n" for x in items)
-    server.script(Text(content, chunk_size=8, delay=0.04))  # a line every ~0.2 s
+    # a line every ~0.5 s: room for a loaded machine, where a commit 0.2 s late had failed it
+    server.script(Text(content, chunk_size=8, delay=0.1))
     run = InProcessRun(store, "llm_ndjson")
     committed: dict[int, float] = {}  # partial index -> when its event was committed
 
