@@ -889,6 +889,33 @@ def test_run_detach_only_enqueues_and_worker_until_idle_executes_it(cli, store, 
     assert [(r["run_id"], r["state"], r["result"]) for r in lines] == [(run_id, "succeeded", EXPECTED)]
 
 
+def test_a_worker_claims_for_a_finishing_runs_slot_in_the_transaction_of_its_last_commit(store, monkeypatch):
+    """Refilling a slot costs no transaction of its own: the claim rides with the commit that
+    ends the run before it, so only the worker's first and last claims go alone."""
+    import asyncio
+
+    from statepipe.definition.loader import load
+    from statepipe.engine.runtime import Runtime
+    from statepipe.store.store import Store
+
+    runtime = Runtime(store)
+    runtime.create_runs(load(workflow_path("echo")), [{"n": i} for i in range(3)], detach=True)
+    sent: list[tuple[list[str], int]] = []  # per transaction: the run states it writes, the claims with it
+    real = Store._commit_changes
+
+    def spy(self: Store, conn: Any, changes: Any, by_run: Any, *args: Any, claims: Any = (), **kwargs: Any) -> Any:
+        sent.append(([ch.run.state for ch in changes if ch.run is not None], len(claims)))
+        return real(self, conn, changes, by_run, *args, claims=claims, **kwargs)
+
+    monkeypatch.setattr(Store, "_commit_changes", spy)
+    try:
+        assert asyncio.run(runtime.work(1, until_idle=True)) == 3
+    finally:
+        runtime.close()
+    started, ended = (["running"], 0), (["succeeded"], 1)
+    assert sent == [([], 1), started, ended, started, ended, started, ended, ([], 1)]
+
+
 def test_a_paused_run_resumed_with_detach_is_finished_by_a_worker(cli, store):
     done = cli("run", "--detach", FAULTY, "-i", "pause=0.05")
     assert done.returncode == 0, done.stderr

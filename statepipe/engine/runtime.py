@@ -53,6 +53,7 @@ class Runtime:
         self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runnable: asyncio.Event | None = None  # set (on the loop) when a run may be claimable
+        self._refill: Callable[[str], bool] | None = None  # while work() runs: see `releasing`
         self._closing = threading.Event()
         self._control: threading.Thread | None = None
         self._stopping = False
@@ -243,43 +244,86 @@ class Runtime:
         poll: float = 2.0,
     ) -> int:
         """Claim and execute runs nobody holds until stopped (or, `until_idle`, until none is
-        left); returns how many runs this worker finished."""
+        left); returns how many runs this worker finished.
+
+        A run's slot is refilled by a claim that rides in the transaction of its last commit
+        (`releasing`): a claim of its own after that commit would cost every run a transaction
+        and a round trip before the next one starts."""
         self._ensure_control()
         self._runnable = runnable = asyncio.Event()  # set by a notice, and when a slot frees up
-        active: set[asyncio.Task[Outcome]] = set()
+        active: dict[str, asyncio.Task[Outcome]] = {}
+        handed: set[str] = set()  # active runs whose last commit is queued, their slot handed on
+        refills: list[asyncio.Future[list[Claim]]] = []  # claims riding with those commits
         finished = 0
+
+        def request(limit: int) -> ClaimRequest:
+            return ClaimRequest(
+                self.owner, self.lease_ttl, limit, workflows=tuple(workflows) if workflows else None,
+                batch_id=batch_id, skip=tuple(sorted(self._skip)),
+            )
+
+        def free() -> int:
+            return concurrency - len(active) + len(handed) - len(refills)
+
+        def start(claimed: list[Claim]) -> None:
+            for claim in claimed:
+                task = asyncio.create_task(self._execute_claimed(claim), name=claim.run.id)
+                active[claim.run.id] = task
+                task.add_done_callback(ended)
 
         def ended(task: asyncio.Task[Outcome]) -> None:
             nonlocal finished
-            active.discard(task)
+            active.pop(task.get_name(), None)
+            handed.discard(task.get_name())
             if not task.cancelled() and task.exception() is None and task.result().state in RUN_FINISHED:
                 finished += 1
             runnable.set()
 
-        while not self._stopping:
-            runnable.clear()  # before claiming: a run released meanwhile sets it again
-            free = concurrency - len(active)
-            claimed: list[Claim] = []
-            if free > 0:
-                request = ClaimRequest(
-                    self.owner, self.lease_ttl, free, workflows=tuple(workflows) if workflows else None,
-                    batch_id=batch_id, skip=tuple(sorted(self._skip)),
-                )
-                try:
-                    claimed = await self.writer.claim(request)  # rides with the commits in flight
-                except DatabaseUnavailable as exc:
-                    log.warning("cannot claim runs: %s", exc)
-            for claim in claimed:
-                task = asyncio.create_task(self._execute_claimed(claim), name=claim.run.id)
-                active.add(task)
-                task.add_done_callback(ended)
-            if until_idle and not active and not claimed:
-                break
-            # a slot freeing up or a notice sets it; with room for more, poll as well
-            await _until(runnable, poll if len(active) < concurrency else None)
-        if active:
-            await asyncio.wait(active)
+        def refill(run_id: str) -> bool:
+            if self._stopping or run_id not in active or run_id in handed:
+                return False
+            handed.add(run_id)
+            fut = self.writer.claim(request(1))
+            refills.append(fut)
+            fut.add_done_callback(refilled)
+            return True
+
+        def refilled(fut: asyncio.Future[list[Claim]]) -> None:
+            refills.remove(fut)
+            if fut.cancelled():
+                return
+            if fut.exception() is None:
+                start(fut.result())
+            else:
+                log.warning("cannot claim runs: %s", fut.exception())
+            runnable.set()
+
+        self._refill = refill
+        try:
+            while not self._stopping:
+                runnable.clear()  # before claiming: a run released meanwhile sets it again
+                claimed: list[Claim] = []
+                if free() > 0:
+                    try:
+                        claimed = await self.writer.claim(request(free()))  # rides with the commits in flight
+                    except DatabaseUnavailable as exc:
+                        log.warning("cannot claim runs: %s", exc)
+                start(claimed)
+                if until_idle and not active and not claimed and not refills:
+                    break
+                # a slot freeing up or a notice sets it; with room for more, poll as well
+                await _until(runnable, poll if free() > 0 else None)
+        finally:
+            self._refill = None
+        while active or refills:  # a claim riding with a last commit may still bring a run
+            runnable.clear()
+            await (asyncio.wait(list(active.values())) if active else runnable.wait())
         return finished
+
+    def releasing(self, run_id: str) -> bool:
+        """An executor is about to commit the change that releases its run (ended, or paused):
+        in a worker, a claim for its slot is queued to ride in the same transaction. True if so."""
+        return self._refill is not None and self._refill(run_id)
 
     async def _execute_claimed(self, claim: Claim) -> Outcome:
         run_id = claim.run.id
