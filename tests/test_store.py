@@ -429,6 +429,37 @@ def test_a_claim_queued_while_a_commit_is_in_flight_rides_with_the_next_one(db_u
     assert _xmin(conn, mine) == _xmin(conn, queued)
 
 
+def test_claims_alike_queued_together_go_as_one_whose_runs_they_share_oldest_first(conn, monkeypatch):
+    """Several runs of a worker ending in one commit each ask for their slot's next run: one
+    scan of the runs serves them all."""
+    from statepipe.engine.writer import Writer
+
+    store = Store(SingleConnection(conn))
+    oldest, middle, newest = _queued(store), _queued(store), _queued(store)
+    writer = Writer(store)
+    sent: list[list[int]] = []  # per transaction: the limit of each claim sent
+    real = Store._commit_changes
+
+    def spy(self: Store, conn_: Any, changes: Any, by_run: Any, *args: Any, claims: Any = (), **kwargs: Any) -> Any:
+        sent.append([c.limit for c in claims])
+        return real(self, conn_, changes, by_run, *args, claims=claims, **kwargs)
+
+    monkeypatch.setattr(Store, "_commit_changes", spy)
+
+    async def both() -> list[Any]:
+        with writer._turn:  # as while the writer's thread has a transaction in flight
+            one = writer.claim(ClaimRequest("me", 30.0, 1))
+            two = writer.claim(ClaimRequest("me", 30.0, 2))
+        return list(await asyncio.gather(one, two))
+
+    try:
+        got_one, got_two = asyncio.run(both())
+    finally:
+        writer.close()
+    assert sent == [[3]]
+    assert [c.run.id for c in got_one] == [oldest] and [c.run.id for c in got_two] == [middle, newest]
+
+
 def test_a_claim_riding_with_a_change_the_database_refuses_still_claims(conn):
     """The refusal is that change's waiter's to hear; a worker's claim must not fail with it."""
     import asyncio

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tenacity
@@ -253,9 +253,10 @@ class Writer:
     def _commit_claiming(self, batch: list[_Item], claims: list[_ClaimItem]) -> list[_Item]:
         """Commit the batch with the claims riding along; what is left for `_commit` to do: the
         batch without a run whose lease was lost, or all of it if it could not be committed."""
+        requests = _merged(claims)
         while True:
             try:
-                results, claimed = self.store.commit_and_claim([i.change for i in batch], [c.request for c in claims])
+                results, claimed = self.store.commit_and_claim([i.change for i in batch], list(requests))
             except LeaseLost as exc:  # nothing was written, no run claimed: again without that run
                 batch = self._without(batch, exc.run_id)
                 continue
@@ -269,7 +270,12 @@ class Writer:
                     _resolve([(c.future, None, exc) for c in claims])
                 return batch
             break
-        _resolve([(c.future, runs, None) for c, runs in zip(claims, claimed)])
+        shares: list[_Waiter] = []
+        for items, runs in zip(requests.values(), claimed):
+            for item in items:  # oldest first, in the order they were asked for
+                shares.append((item.future, runs[: item.request.limit], None))
+                runs = runs[item.request.limit :]
+        _resolve(shares)
         if batch:
             self._committed(batch, results)
         return []
@@ -302,6 +308,16 @@ class Writer:
 
 # a waiter, and what it is settled with: the events committed, or why not
 _Waiter = tuple["Future[Any] | asyncio.Future[Any]", Any, "BaseException | None"]
+
+
+def _merged(claims: list[_ClaimItem]) -> dict[ClaimRequest, list[_ClaimItem]]:
+    """Claims alike but for their limit, as one request each: several runs of a worker ending in
+    one commit each ask for their slot's next run (Runtime.work), and one scan of the runs
+    serves them all."""
+    alike: dict[ClaimRequest, list[_ClaimItem]] = {}
+    for item in claims:
+        alike.setdefault(replace(item.request, limit=0), []).append(item)
+    return {replace(key, limit=sum(i.request.limit for i in items)): items for key, items in alike.items()}
 
 
 def _resolve(outcomes: list[_Waiter]) -> None:
