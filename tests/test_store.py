@@ -622,3 +622,25 @@ def test_a_change_the_database_refuses_fails_only_its_own_run_among_those_commit
     finally:
         writer.close()
         store.pool.close()
+
+
+def test_results_of_many_runs_are_each_runs_result_sinks_fan_outs_and_chosen_steps_alike(store, tmp_path):
+    """Store.results (one query for many runs, as `batch` and `list --json` use it) gives what
+    each run's snapshot gives: the chosen result step, else the sinks' outputs."""
+    from conftest import run_here, workflow_path
+
+    two_sinks = tmp_path / "two_sinks.py"
+    two_sinks.write_text(
+        "from statepipe import Workflow\n"
+        "wf = Workflow('two_sinks')\n"
+        "@wf.step\n"
+        "def items() -> list:\n    return [1, 2, 3]\n"
+        "@wf.step(map_over=items)\n"
+        "def double(item) -> int:\n    return item * 2\n"
+        "@wf.step\n"
+        "def count(items) -> int:\n    return len(items)\n"
+    )
+    ids = [run_here(store, str(two_sinks)), run_here(store, "iter_fanout"), run_here(store, str(workflow_path("chosen_result")))]
+    results = store.results(ids)
+    assert results[ids[0]] == {"double": [2, 4, 6], "count": 3}
+    assert results == {run_id: store.snapshot(run_id).result() for run_id in ids}

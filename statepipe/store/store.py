@@ -205,15 +205,17 @@ class Store:
             return {}
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT s.run_id, s.name, s.item, s.item_index, s.fanout, a.output"
-                "  FROM statepipe.steps s JOIN statepipe.runs r ON r.id = s.run_id"
+                # the runs' steps read once: both for the rows and for what their steps depend on,
+                # which a sink is not (a lookup per step took half the time for 200 runs)
+                "WITH s AS MATERIALIZED (SELECT * FROM statepipe.steps WHERE run_id = ANY(%(ids)s))"
+                " SELECT s.run_id, s.name, s.item, s.item_index, s.fanout, a.output"
+                "  FROM s JOIN statepipe.runs r ON r.id = s.run_id"
                 "  LEFT JOIN statepipe.attempts a ON a.run_id = s.run_id AND a.step = s.name"
                 "   AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
                 # r.id too: told only of s.run_id, the planner hashes the whole runs table
-                " WHERE s.run_id = ANY(%(ids)s) AND r.id = ANY(%(ids)s)"
-                " AND s.compensates IS NULL AND (s.item = '' OR s.item_index IS NOT NULL)"
-                " AND (s.name = r.result_step OR r.result_step IS NULL AND NOT EXISTS ("
-                "   SELECT 1 FROM statepipe.steps d WHERE d.run_id = s.run_id AND s.name = ANY(d.depends_on)))"
+                " WHERE r.id = ANY(%(ids)s) AND s.compensates IS NULL AND (s.item = '' OR s.item_index IS NOT NULL)"
+                " AND (s.name = r.result_step OR r.result_step IS NULL AND (s.run_id, s.name) NOT IN ("
+                "   SELECT d.run_id, needed FROM s d, unnest(d.depends_on) AS needed))"
                 " ORDER BY s.run_id, s.position, s.item_index NULLS FIRST",
                 {"ids": list(run_ids)},
             ).fetchall()
