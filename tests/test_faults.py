@@ -916,6 +916,77 @@ def test_a_worker_claims_for_a_finishing_runs_slot_in_the_transaction_of_its_las
     assert sent == [([], 1), started, ended, started, ended, started, ended, ([], 1)]
 
 
+def _worker_peak(runtime: Any, concurrency: int, stop_after_first_claim: bool = False) -> tuple[int, int]:
+    """Run `runtime.work(concurrency, until_idle=True)`; returns (runs finished, most executors
+    at once). `stop_after_first_claim`: drain as soon as a run's last commit hands its slot on."""
+    import asyncio
+
+    async def main() -> tuple[int, int]:
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(runtime.executors))
+                await asyncio.sleep(0.002)
+
+        if stop_after_first_claim:
+            real = runtime.releasing
+
+            def releasing(run_id: str, change: Any) -> Any:
+                done = real(run_id, change)
+                runtime.stop()  # SIGTERM while the claim for the slot is on its way
+                return done
+
+            runtime.releasing = releasing
+        watcher = asyncio.create_task(watch())
+        try:
+            return await runtime.work(concurrency, until_idle=True), peak
+        finally:
+            watcher.cancel()
+
+    return asyncio.run(main())
+
+
+def test_a_worker_hands_a_slot_on_only_once_the_runs_hooks_are_done(store, tmp_path):
+    """--concurrency holds while async hooks of ended runs are still running."""
+    from statepipe.definition.loader import load
+    from statepipe.engine.runtime import Runtime
+
+    slow_hook = tmp_path / "slow_hook.py"
+    slow_hook.write_text(
+        "import asyncio\n"
+        "from statepipe import Workflow\n"
+        "async def settle(ctx, meta):\n    await asyncio.sleep(0.2)\n"
+        "wf = Workflow('slow_hook', on_complete=settle)\n"
+        "@wf.step\n"
+        "def only(n: int) -> int:\n    return n\n"
+    )
+    runtime = Runtime(store)
+    try:
+        runtime.create_runs(load(str(slow_hook)), [{"n": i} for i in range(3)], detach=True)
+        assert _worker_peak(runtime, 1) == (3, 1)
+    finally:
+        runtime.close()
+
+
+def test_a_run_claimed_for_a_slot_as_the_worker_drains_is_released_not_executed(store):
+    from statepipe.definition.loader import load
+    from statepipe.engine.runtime import Runtime
+
+    runtime = Runtime(store)
+    try:
+        ids = runtime.create_runs(load(workflow_path("echo")), [{"n": i} for i in range(3)], detach=True)
+        finished, _ = _worker_peak(runtime, 1, stop_after_first_claim=True)
+        runs = [store.get_run(run_id) for run_id in ids]
+    finally:
+        runtime.close()
+    assert finished == 1
+    assert [r.state for r in runs] == ["succeeded", "pending", "pending"]
+    assert all(r.owner is None for r in runs)  # the second was claimed with the first's end, and let go
+    assert runs[1].fencing_token == 2  # it was claimed, then released
+
+
 def test_a_paused_run_resumed_with_detach_is_finished_by_a_worker(cli, store):
     done = cli("run", "--detach", FAULTY, "-i", "pause=0.05")
     assert done.returncode == 0, done.stderr

@@ -322,10 +322,14 @@ class RunExecutor:
     async def _commit(self, change: Change, launch: Sequence[StepState] = ()) -> None:
         writer = self.runtime.writer
         big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_VALUE], []
-        # a worker's run handing its slot on: the claim for it is queued first, to ride with this
-        # commit through the writer
-        handed_on = change.run is not None and change.run.release and self.runtime.releasing(self.run_id)
-        if len(self.runtime.executors) == 1 and not handed_on:  # alone in this process: nothing to group with
+        if change.run is not None and change.run.release and not self._hooks:
+            # a worker's run handing its slot on (once its hooks are done): the claim for the
+            # slot rides with this commit
+            done = self.runtime.releasing(self.run_id, change)
+            if done is not None:
+                await done
+                return
+        if len(self.runtime.executors) == 1:  # alone in this process: nothing to group with
             # while PostgreSQL stores the commit, the steps it starts are readied (not run), and a
             # big output is decoded for its consumers: decoding a megabyte takes about as long as
             # storing it

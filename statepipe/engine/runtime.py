@@ -27,7 +27,7 @@ from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
 from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
-from statepipe.store.records import Claim, ClaimRequest, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, holds_nul, utcnow
+from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, holds_nul, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
@@ -53,7 +53,7 @@ class Runtime:
         self._fresh: dict[str, RunSnapshot] = {}  # runs created here, not yet executed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runnable: asyncio.Event | None = None  # set (on the loop) when a run may be claimable
-        self._refill: Callable[[str], bool] | None = None  # while work() runs: see `releasing`
+        self._refill: Callable[[str, Change], asyncio.Future[list[Event]] | None] | None = None  # see `releasing`
         self._closing = threading.Event()
         self._control: threading.Thread | None = None
         self._stopping = False
@@ -248,11 +248,12 @@ class Runtime:
 
         A run's slot is refilled by a claim that rides in the transaction of its last commit
         (`releasing`): a claim of its own after that commit would cost every run a transaction
-        and a round trip before the next one starts."""
+        and a round trip before the next one starts. The run claimed so may start while the
+        one it replaces is still being told its commit is done; it has no step left to run."""
         self._ensure_control()
         self._runnable = runnable = asyncio.Event()  # set by a notice, and when a slot frees up
         active: dict[str, asyncio.Task[Outcome]] = {}
-        handed: set[str] = set()  # active runs whose last commit is queued, their slot handed on
+        handed: set[str] = set()  # active runs whose releasing commit is queued: slot handed on
         refills: list[asyncio.Future[list[Claim]]] = []  # claims riding with those commits
         finished = 0
 
@@ -273,20 +274,21 @@ class Runtime:
 
         def ended(task: asyncio.Task[Outcome]) -> None:
             nonlocal finished
-            active.pop(task.get_name(), None)
-            handed.discard(task.get_name())
+            if active.get(task.get_name()) is task:  # not a later claim of the same run
+                del active[task.get_name()]
+                handed.discard(task.get_name())
             if not task.cancelled() and task.exception() is None and task.result().state in RUN_FINISHED:
                 finished += 1
             runnable.set()
 
-        def refill(run_id: str) -> bool:
+        def refill(run_id: str, change: Change) -> asyncio.Future[list[Event]] | None:
             if self._stopping or run_id not in active or run_id in handed:
-                return False
+                return None
             handed.add(run_id)
-            fut = self.writer.claim(request(1))
-            refills.append(fut)
-            fut.add_done_callback(refilled)
-            return True
+            done, claimed = self.writer.committed_claiming(change, request(1))
+            refills.append(claimed)
+            claimed.add_done_callback(refilled)
+            return done
 
         def refilled(fut: asyncio.Future[list[Claim]]) -> None:
             refills.remove(fut)
@@ -320,13 +322,17 @@ class Runtime:
             await (asyncio.wait(list(active.values())) if active else runnable.wait())
         return finished
 
-    def releasing(self, run_id: str) -> bool:
-        """An executor is about to commit the change that releases its run (ended, or paused):
-        in a worker, a claim for its slot is queued to ride in the same transaction. True if so."""
-        return self._refill is not None and self._refill(run_id)
+    def releasing(self, run_id: str, change: Change) -> asyncio.Future[list[Event]] | None:
+        """Commit the change that releases a run (ended, or paused; no hook left to run) with,
+        in a worker, a claim for its slot in the same transaction: the change's future, or None
+        outside a worker (the caller commits it as any other)."""
+        return self._refill(run_id, change) if self._refill is not None else None
 
     async def _execute_claimed(self, claim: Claim) -> Outcome:
         run_id = claim.run.id
+        if self._stopping:  # claimed as the worker began to drain: left to another worker
+            await asyncio.to_thread(self.store.release, run_id, claim.run.fencing_token)
+            return Outcome(run_id, "interrupted")
         try:
             return await self.execute(run_id, fence=claim.run.fencing_token, claimed=claim)
         except StatepipeError as exc:  # one run we cannot execute (its code is missing here) must not stop a worker

@@ -147,6 +147,17 @@ class Writer:
         self._q.put(_ClaimItem(request, fut))
         return fut
 
+    def committed_claiming(
+        self, change: Change, request: ClaimRequest
+    ) -> tuple[asyncio.Future[list[Event]], asyncio.Future[list[Claim]]]:
+        """`committed` and `claim` in the same transaction for certain: queued as one item, so the
+        writer never takes one without the other (a worker refilling the slot of a run that ends)."""
+        loop = asyncio.get_running_loop()
+        item, claim = _Item(change, soft=False, future=loop.create_future()), _ClaimItem(request, loop.create_future())
+        self._q.put((item, claim))
+        assert isinstance(item.future, asyncio.Future)
+        return item.future, claim.future
+
     def commit_now(self, change: Change, meanwhile: Callable[[], None] | None = None) -> list[Event] | None:
         """Commit on the caller's thread when the writer is idle: the change's events, or None
         when it must go through `submit` (a batch is queued or in flight, or the database is
@@ -200,8 +211,7 @@ class Writer:
             first = self._q.get()
             if first is _STOP:
                 return
-            assert isinstance(first, (_Item, _ClaimItem))
-            batch: list[_Item | _ClaimItem] = [first]
+            batch: list[_Item | _ClaimItem] = _items(first)
             with self._turn:
                 stop = self._gather(batch)
                 claims = [i for i in batch if isinstance(i, _ClaimItem)]
@@ -222,8 +232,7 @@ class Writer:
                 return False
             if nxt is _STOP:
                 return True
-            assert isinstance(nxt, (_Item, _ClaimItem))
-            batch.append(nxt)
+            batch += _items(nxt)
         return False
 
     def _commit(self, batch: list[_Item], claims: list[_ClaimItem]) -> None:
@@ -308,6 +317,13 @@ class Writer:
 
 # a waiter, and what it is settled with: the events committed, or why not
 _Waiter = tuple["Future[Any] | asyncio.Future[Any]", Any, "BaseException | None"]
+
+
+def _items(queued: object) -> list[_Item | _ClaimItem]:
+    """What one entry of the queue holds: an item, or items that go in one transaction."""
+    items = list(queued) if isinstance(queued, tuple) else [queued]
+    assert all(isinstance(i, (_Item, _ClaimItem)) for i in items)
+    return items  # type: ignore[return-value]
 
 
 def _merged(claims: list[_ClaimItem]) -> dict[ClaimRequest, list[_ClaimItem]]:
