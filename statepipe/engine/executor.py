@@ -323,7 +323,7 @@ class RunExecutor:
         writer = self.runtime.writer
         big, self._committing = [st for st in self._committing if len(st.stored or "") > BIG_VALUE], []
         if change.run is not None and change.run.release and not self._hooks:
-            # a worker's run handing its slot on (once its hooks are done): the claim for the
+            # a worker's run handing its slot on (no hook still to run): the claim for the
             # slot rides with this commit
             done = self.runtime.releasing(self.run_id, change)
             if done is not None:
