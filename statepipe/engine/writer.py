@@ -153,10 +153,10 @@ class Writer:
         """`committed` and `claim` in the same transaction for certain: queued as one item, so the
         writer never takes one without the other (a worker refilling the slot of a run that ends)."""
         loop = asyncio.get_running_loop()
-        item, claim = _Item(change, soft=False, future=loop.create_future()), _ClaimItem(request, loop.create_future())
-        self._q.put((item, claim))
-        assert isinstance(item.future, asyncio.Future)
-        return item.future, claim.future
+        done: asyncio.Future[list[Event]] = loop.create_future()
+        claimed: asyncio.Future[list[Claim]] = loop.create_future()
+        self._q.put((_Item(change, soft=False, future=done), _ClaimItem(request, claimed)))
+        return done, claimed
 
     def commit_now(self, change: Change, meanwhile: Callable[[], None] | None = None) -> list[Event] | None:
         """Commit on the caller's thread when the writer is idle: the change's events, or None
