@@ -50,6 +50,11 @@ class OutputNotSerializable(StatepipeError):
     """A step returned a value that cannot be stored as JSON."""
 
 
+class UnstorableValue(OutputNotSerializable):
+    """Data holding text PostgreSQL cannot store, or nested too deep (store.storable's rule).
+    Unlike a value of the wrong type, a step may produce it by chance (a model's reply): retried."""
+
+
 class LeaseLost(StatepipeError):
     """Another executor took the run over; this one must stop writing."""
 

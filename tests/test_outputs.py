@@ -45,7 +45,7 @@ def test_an_output_is_compact_json_text():
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_nan_and_infinity_are_refused_not_stored_as_null(bad: float):
-    with pytest.raises(OutputNotSerializable, match="returned dict, which cannot be stored as JSON"):
+    with pytest.raises(OutputNotSerializable, match="output holds NaN or infinity, which JSON has no value for"):
         encode({"score": bad}, "step s")
 
 
@@ -83,12 +83,19 @@ def test_a_value_json_cannot_hold_is_refused_naming_its_type(value: Any):
         encode(value, "step s")
 
 
-def test_an_output_nested_past_what_json_can_write_is_refused_with_a_clear_error():
+def test_an_output_nested_past_the_documented_limit_is_refused_naming_it():
     deep: list[Any] = []
     for _ in range(100_000):
         deep = [deep]
-    with pytest.raises(OutputNotSerializable, match="returned list, which cannot be stored as JSON"):
+    with pytest.raises(OutputNotSerializable, match="output nests 100001 levels deep; statepipe stores values up to 512 levels"):
         encode(deep, "step s")
+
+
+def test_an_output_nested_500_levels_is_stored_whole():
+    deep: list[Any] = []
+    for _ in range(499):
+        deep = [deep]
+    assert decode(encode({"deep": deep}, "step s")) == {"deep": deep}
 
 
 def test_a_nul_character_in_an_output_is_refused():

@@ -492,7 +492,7 @@ def test_an_output_with_a_nul_character_fails_its_step_with_a_clear_error(store)
 
     snap = store.snapshot(run_here(store, "nul_text"))
     assert snap.run.state == "failed"
-    assert snap.steps[0].error == "step text returned text with a NUL character (\\x00), which PostgreSQL cannot store"
+    assert snap.steps[0].error == "step text: output holds a NUL character (\\x00) at character 1, which PostgreSQL cannot store"
 
 
 def test_an_error_with_a_nul_character_is_kept_with_the_character_replaced(store):

@@ -20,7 +20,7 @@ from statepipe.definition.loader import Loaded
 from statepipe.engine.executor import RETRY_REQUEST
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import InputError
-from statepipe.inputs import json_object
+from statepipe.inputs import json_object, read_text
 from statepipe.store.store import Store
 
 
@@ -35,10 +35,7 @@ class BatchPlan:
 
 def read_inputs(path: Path, source: str) -> list[dict[str, Any]]:
     """Every line a JSON object; the whole file is refused on the first bad line."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    text = read_text(path, source)
     inputs: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

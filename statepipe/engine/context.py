@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from statepipe.engine.outputs import encode
 from statepipe.store.records import NewEvent
 
 
@@ -58,7 +59,9 @@ class StepContext:
         self.emitted += 1
 
     def partial(self, value: Any) -> None:
-        """A completed piece of structured output (must be JSON-serialisable)."""
+        """A completed piece of structured output: data, so it must be storable as an output
+        must (refused here, in the step, where the fault is)."""
+        encode(value, f"step {self.step}" + (f"[{self.item}]" if self.item else ""), "partial value")
         self._event("partial", {"value": value})
 
     def record_usage(self, call: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from statepipe.errors import (
     LeaseLost,
     OutputNotSerializable,
     StepTimeout,
+    UnstorableValue,
 )
 from statepipe.lifecycles import RUN_FINISHED, STEP_DONE, STEP_STATES, Lifecycle, run_lifecycle, step_lifecycle
 from statepipe.store.records import (
@@ -46,6 +47,7 @@ from statepipe.store.records import (
     StepRowWrite,
     utcnow,
 )
+from statepipe.store.storable import message_json
 from statepipe.store.store import BIG_VALUE
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ PAUSE_REQUESTS = ("pause", "pause_now")
 _UNDECODED = object()  # StepState.decoded before its stored JSON is first read
 _SETTLED = frozenset(STEP_STATES) - {"pending", "waiting", "running"}  # states _schedule starts nothing from
 ON_THE_SPOT_S = 0.002  # how long a lone run's loop blocks for its sync step before waiting as usual
+DIED = "the process running it died"  # why an attempt found running by a new owner was abandoned
 
 
 @dataclass(eq=False)
@@ -80,6 +83,7 @@ class StepState:
     children: list[StepState] = field(default_factory=list)
     undoes: StepState | None = None  # set on a compensation: the step it undoes
     previous_error: str | None = None  # the failed attempt before this one
+    died: int = 0  # attempts in a row abandoned because their process died (see _recover_died)
     overrides: dict[str, Any] | None = None  # input values a rerun set for this step
     feedback: str | None = None  # what the user asked of this step
     stale: list[StepState] = field(default_factory=list)  # children a re-expansion dropped
@@ -160,14 +164,37 @@ def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: s
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _died_in_row(row: StepRow) -> int:
+    """How many of the step's latest attempts, in a row, were abandoned because their process died."""
+    count = 0
+    for a in sorted(row.attempts, key=lambda a: a.number, reverse=True):
+        if a.state != "abandoned" or not (a.error or "").startswith(DIED):
+            break
+        count += 1
+    return count
+
+
+def _describe_owner(owner: str | None) -> str:
+    """An owner id ("host:pid:tag") as people read it."""
+    if not owner:
+        return ""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return f"pid {pid} on {host}" if pid.isdigit() else owner
+
+
 def _decode(steps: list[StepState]) -> None:
     for st in steps:
         st.output  # noqa: B018 - reading decodes it
 
 
 class RunExecutor:
-    def __init__(self, runtime: Runtime, wf: Workflow, snap: RunSnapshot, fence: int, rerun: RerunPlan | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, wf: Workflow, snap: RunSnapshot, fence: int, rerun: RerunPlan | None = None,
+        prior_owner: str | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.prior_owner = prior_owner  # who executed the run before, when steps were left running
         self.rerun = rerun
         self.no_cache = snap.run.no_cache
         self.fresh: set[str] = set()  # steps a rerun invalidated: they bypass the cache
@@ -256,6 +283,7 @@ class RunExecutor:
             decoded=row.output if row.state == "succeeded" else None,
             overrides=row.overrides,
             feedback=row.feedback,
+            died=_died_in_row(row),
         )
 
     def final_run(self) -> RunRow:
@@ -367,7 +395,7 @@ class RunExecutor:
             self.failure = None
         for st in self.all_states():
             if st.state == "running" and not (st.step.map_over and not st.item and not st.undoes):
-                self._abandon(st, change, "the process running it stopped")
+                self._recover_died(st, change)
             elif st.state in ("failed", "cancelled") and retry_failed:
                 self._reset(st, change, f"resume of a {state} run")
                 if st.step.map_over and not st.item and st.children:
@@ -383,7 +411,7 @@ class RunExecutor:
         usage = summarize_usage(st.ctx.usage) if st.ctx is not None and st.ctx.usage else None
         change.attempts.append(AttemptWrite(
             st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=st.finished_at or utcnow(),
-            error=error, output=output, usage=json.dumps(usage, ensure_ascii=False) if usage else None,
+            error=error, output=output, usage=message_json(usage) if usage else None,
             # only a computed output is a cache source: a reused one points at its origin instead
             cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
         ))
@@ -450,6 +478,37 @@ class RunExecutor:
         self._record_attempt(st, change, "abandoned", error=reason)
         change.steps.append(st.row())
         change.events.append(st.event("attempt_abandoned", reason=reason))
+
+    def _recover_died(self, st: StepState, change: Change) -> None:
+        """An attempt its process left running: abandoned. Several in a row are a crash loop
+        (the step kills its process: os._exit, a segfault, the OOM killer), so from the second
+        the step waits as a retry would (the step's backoff), and at the workflow's
+        `max_abandoned` it fails instead of running again, like any failed step."""
+        st.died += 1
+        who = _describe_owner(self.prior_owner)
+        reason = DIED + (f" ({who})" if who else "")
+        limit = self.wf.abandon_limit(st.step)
+        self._record_attempt(st, change, "abandoned", error=reason)
+        change.events.append(st.event("attempt_abandoned", reason=reason, abandoned_in_row=st.died))
+        if st.died >= limit:
+            message = (
+                f"abandoned {st.died} times in a row: {DIED} each time"
+                + (f" (last: {who})" if who else "")
+                + "; fix the cause, then statepipe rerun --from " + st.step.name
+            )
+            self._fail(st, change, message, recorded=True)
+        elif st.died > 1:
+            delay = self.wf.policy_for(st.step).delay(st.died - 1)
+            st.lc.send("wait")
+            st.error = reason
+            st.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            change.steps.append(st.row())
+            change.events.append(st.event(
+                "step_retrying", error=reason, delay_s=round(delay, 3), next_attempt_at=st.next_attempt_at.isoformat(),
+            ))
+        else:
+            st.lc.send("interrupt")
+            change.steps.append(st.row())
 
     # -- control ----------------------------------------------------------------------------
 
@@ -762,7 +821,7 @@ class RunExecutor:
             return
         message = str(error) if isinstance(error, (StepTimeout, OutputNotSerializable)) else f"{type(error).__name__}: {error}"
         policy = self.wf.policy_for(st.step)
-        retryable = not isinstance(error, OutputNotSerializable)
+        retryable = not isinstance(error, OutputNotSerializable) or isinstance(error, UnstorableValue)
         if retryable and policy.should_retry(st.attempt, error):  # while draining too: resume keeps the wait
             delay = policy.delay(st.attempt, error)
             st.lc.send("wait")
@@ -818,11 +877,13 @@ class RunExecutor:
         change.steps.append(parent.row())
         change.events.append(parent.event("step_succeeded", items=len(parent.children), summary=summarize(parent.output)))
 
-    def _fail(self, st: StepState, change: Change, message: str) -> None:
+    def _fail(self, st: StepState, change: Change, message: str, recorded: bool = False) -> None:
+        """`recorded`: the attempt is already written (abandoned), only the step fails."""
         st.lc.send("fail")
         st.error = message
         st.finished_at = utcnow()
-        self._record_attempt(st, change, "failed", error=message)
+        if not recorded:
+            self._record_attempt(st, change, "failed", error=message)
         change.steps.append(st.row())
         change.events.append(st.event("step_failed", error=message, optional=st.step.optional))
         self._hook("on_error", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import gc
 import json
 from enum import Enum
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 from uuid import UUID
 
 import orjson
 
-from statepipe.errors import OutputNotSerializable
-from statepipe.store.records import holds_nul
+from statepipe.errors import InputError, OutputNotSerializable, UnstorableValue
+from statepipe.store import storable
 
 # Subclasses of str, int, dict and list, and datetimes and dataclasses, are json's to write (or
 # refuse), as before orjson wrote outputs
@@ -34,32 +35,58 @@ _STORED = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=
 _SHOWN = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
-def encode(value: Any, what: str) -> str:
-    """An output's JSON text. orjson writes it (a megabyte of records in 1.3 ms where json takes
-    15, and every step waits for it); json writes what orjson refuses (an integer past 64 bits, a
-    key that is not a string) and whatever holds a null, since orjson writes NaN and infinity as
-    null where they must be refused."""
+def encode(value: Any, what: str, root: str = "output") -> str:
+    """JSON text of data (an output, a run input, a partial object), checked by the store's rule
+    for text PostgreSQL cannot store (store.storable); `what` names whose it is, `root` what it
+    is. orjson writes it (a megabyte of records in 1.3 ms where json takes 15, and every step
+    waits for it); json writes what orjson refuses (an integer past 64 bits, a key that is not a
+    string, nesting past 254 levels, a surrogate) and whatever holds a null, since orjson writes
+    NaN and infinity as null where they must be refused."""
     try:
         raw = orjson.dumps(value, option=_FAST)
-    except TypeError:  # orjson.JSONEncodeError
+    except TypeError as exc:  # orjson.JSONEncodeError
         raw = None
+        if "ecursion" in str(exc):
+            _checked(storable.check_depth, value, root, what)
     if raw is not None and b"null" not in raw:
         text = raw.decode()
+        if b"\\u0000" not in raw:  # orjson refuses surrogates: a NUL is all it may hold
+            return text
     else:
-        text = _json_text(value, what)
-    if holds_nul(text):
-        raise OutputNotSerializable(f"{what} returned text with a NUL character (\\x00), which PostgreSQL cannot store")
-    return text
+        text = _json_text(value, what, root)
+    return _checked(storable.data_text, text, value, root, what)
 
 
-def _json_text(value: Any, what: str) -> str:
+def input_text(value: dict[str, Any], what: str = "cannot create the run") -> str:
+    """A run input's JSON text, refused as the user's error by the rule for outputs (NaN, text
+    PostgreSQL cannot store, nesting past store.storable.MAX_DEPTH)."""
+    try:
+        return encode(value, what, "input")
+    except OutputNotSerializable as exc:
+        raise InputError(str(exc)) from None
+
+
+def _checked(check: Callable[..., Any], *args: Any) -> Any:
+    """check(*args[:-1]), its UnstorableValue prefixed with whose value it is (args[-1])."""
+    try:
+        return check(*args[:-1])
+    except UnstorableValue as exc:
+        raise UnstorableValue(f"{args[-1]}: {exc}") from None
+
+
+def _json_text(value: Any, what: str, root: str) -> str:
     try:
         return _STORED(value)
     except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ValueError) and "Out of range float" in str(exc):
+            raise OutputNotSerializable(
+                f"{what}: {root} holds NaN or infinity, which JSON has no value for; use null or a string"
+            ) from None
+        subject = f"{what} returned {type(value).__name__}, which" if root == "output" else f"{what}: {root}"
         raise OutputNotSerializable(
-            f"{what} returned {type(value).__name__}, which cannot be stored as JSON ({exc}); "
-            "return dicts, lists, strings, numbers, booleans or None"
-        ) from exc
+            f"{subject} cannot be stored as JSON ({exc}); "
+            "use dicts, lists, strings, numbers, booleans or None"
+        ) from None
 
 
 def decode(text: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 from statepipe.definition.workflow import Workflow
 from statepipe.errors import InputError
+from statepipe.engine.outputs import input_text
 from statepipe.inputs import json_or_text
 from statepipe.store.records import RunSnapshot
 
@@ -57,8 +58,11 @@ class RerunPlan:
             for key in values:
                 if key not in params:
                     raise InputError(f"step {name} has no parameter {key!r}; parameters: {', '.join(sorted(params))}")
+        for name, values in self.overrides.items():
+            input_text(values, f"--set {name}.…")
         if self.input is not None:
             wf.check_input(self.input)
+            input_text(self.input, "--set")
         if snap.compensations():
             raise InputError(f"run {snap.run.id} was compensated; fork it instead (statepipe fork {snap.run.id[:8]})")
 

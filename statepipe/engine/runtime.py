@@ -22,12 +22,20 @@ from statepipe.config import lease_seconds
 from statepipe.definition.loader import Loaded, load, load_ref
 from statepipe.definition.workflow import Workflow
 from statepipe.engine.executor import RunExecutor
+from statepipe.engine.outputs import input_text
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
-from statepipe.errors import ConflictError, DatabaseUnavailable, InputError, LeaseLost, NotFoundError, StatepipeError
-from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, holds_nul, utcnow
+from statepipe.errors import (
+    ConflictError,
+    DatabaseUnavailable,
+    InputError,
+    LeaseLost,
+    NotFoundError,
+    StatepipeError,
+)
+from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
 
 log = logging.getLogger("statepipe.runtime")
@@ -102,12 +110,7 @@ class Runtime:
             if not isinstance(run_input, dict):
                 raise InputError(f"run input must be a JSON object, got {type(run_input).__name__}")
             wf.check_input(run_input)
-            try:
-                input_json = json.dumps(run_input, allow_nan=False, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
-                raise InputError(f"run input is not JSON-serialisable: {exc}") from exc
-            if holds_nul(input_json):
-                raise InputError("run input holds a NUL character (\\x00), which PostgreSQL cannot store")
+            input_json = input_text(run_input)
             event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
             runs.append(NewRun(
                 str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner=owner, batch_id=batch_id,
@@ -168,7 +171,9 @@ class Runtime:
             rerun = self._code_changes(snap, wf, rerun, strict)
             if rerun is not None:
                 rerun.check(wf, snap)
-            executor = RunExecutor(self, wf, snap, fence, rerun)
+            left_running = any(s.state == "running" for s in snap.steps)
+            prior = await asyncio.to_thread(self.store.last_owner, run_id) if left_running else None
+            executor = RunExecutor(self, wf, snap, fence, rerun, prior)
             self.executors[run_id] = executor
             state = await executor.execute()
             result = executor.result() if state == "succeeded" else None

@@ -21,9 +21,11 @@ def iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts is not None else None
 
 
-def _as_text(value: Any) -> str:
+def _as_text(value: Any) -> Any:
     """What json_text writes for a value JSON has no type for: a timestamp as orjson writes one
-    (ISO 8601, as datetime.isoformat), anything else as its str()."""
+    (ISO 8601, as datetime.isoformat), an enum as its value, anything else as its str()."""
+    if isinstance(value, Enum):
+        return value.value
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
@@ -46,7 +48,8 @@ def _key(key: Any) -> Any:
     return key if key is None or isinstance(key, (str, int, float, bool)) else _as_text(key)
 
 
-_FALLBACK = json.JSONEncoder(default=_as_text, separators=(",", ":"), ensure_ascii=False).encode  # see json_text
+# see json_text
+_FALLBACK = json.JSONEncoder(default=_as_text, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
@@ -58,6 +61,10 @@ def json_text(value: Any) -> str:
     try:
         return orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except orjson.JSONEncodeError:
+        pass
+    try:  # json's encoder recurses in C: nesting deep enough for orjson to refuse is fine here
+        return _FALLBACK(value)
+    except (TypeError, ValueError):  # NaN, or a key json refuses
         return _FALLBACK(_like_orjson(value))
 
 
@@ -69,12 +76,6 @@ def holds_nul(text: str) -> bool:
     """Whether JSON text holds the NUL character (JSON always escapes it: \\u0000), which
     PostgreSQL's jsonb and text cannot store: an output or a run input that does is refused."""
     return "\\u0000" in text and _NUL.search(text) is not None
-
-
-def without_nul(text: str) -> str:
-    """The JSON text with each NUL character replaced by U+FFFD: for what is kept as text for
-    people (an error, an event's data), where refusing it would lose the rest."""
-    return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
 # -- writes -----------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from statepipe.store.records import (
     RunSnapshot,
     StepRow,
     json_text,
-    without_nul,
 )
+from statepipe.store import storable
 
 SCHEMA_VERSION = 5
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
@@ -284,6 +284,17 @@ class Store:
             (seq,), _ = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
         return _event(run.id, seq, run.event)
 
+    def last_owner(self, run_id: str) -> str | None:
+        """Who started or resumed the run last (its run_started/run_resumed event): the owner
+        whose death a new owner finds in the steps it left running."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT data->>'owner' FROM statepipe.events WHERE run_id = %s"
+                " AND type IN ('run_started', 'run_resumed') ORDER BY seq DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+        return row[0] if row else None
+
     def forks_of(self, run_id: str) -> list[str]:
         with self._tx() as conn:
             rows = conn.execute(
@@ -511,7 +522,9 @@ def _document(
         ],
     }
     head = json_text({k: v for k, v in body.items() if v})  # every commit waits for it: 2 us by orjson, 12 by json
-    head = without_nul(head)  # outputs and inputs with one are refused before they get here
+    if not storable.storable(head):  # data with it was refused before: a message holds it
+        storable.mend(changes, created)
+        return _document(changes, by_run, created, lease_s)
     return head[:-1] + ("," if len(head) > 2 else "") + '"values":[' + ",".join(values) + "]}", big
 
 

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from statepipe import config
-from statepipe.inputs import json_object, json_or_text
+from statepipe.inputs import json_object, json_or_text, read_text
 from statepipe.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUN_CANCELLED,
@@ -90,17 +90,13 @@ def parse_inputs(pairs: list[str], input_file: str | None) -> dict[str, Any]:
     key, its value read as JSON when it parses (3, true, [1,2]) and as a string otherwise."""
     data: dict[str, Any] = {}
     if input_file is not None:
-        source = "stdin" if input_file == "-" else input_file
-        try:
-            text = sys.stdin.read() if input_file == "-" else Path(input_file).read_text()
-        except OSError as exc:
-            raise InputError(f"cannot read input file {source}: {exc.strerror or exc}") from exc
-        data.update(json_object(text, source))
+        source = "stdin" if input_file == "-" else f"input file {input_file}"
+        data.update(json_object(read_text(input_file, source), source))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key.strip()):
             raise InputError(f"invalid -i {pair!r}: expected key=value")
-        data[key.strip()] = json_or_text(raw)
+        data[key.strip()] = json_or_text(raw, f"-i {key.strip()}")
     return data
 
 
