@@ -20,7 +20,9 @@ Framing: every response is HTTP/1.1 with `Connection: close`. Non-streamed bodie
 `Content-Length`; streamed bodies (`text/event-stream`) use chunked transfer encoding, one
 HTTP chunk per SSE event, written with TCP_NODELAY, so each event leaves the server the moment
 it is produced and a connection cut mid-stream is seen by the client as an incomplete body
-(an error), never as a clean end of stream.
+(an error), never as a clean end of stream. A `Cut` can instead frame its stream as servers and
+proxies without chunking do (`framing="close"` or `"length"`), where an early close can look,
+to the client, like a clean end.
 
 Timestamps (`request_times`, `chunk_times`, `chunks`) are `time.monotonic()` values, comparable
 with `time.monotonic()` taken in the test process (same clock, any thread).
@@ -36,9 +38,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Union
+from typing import Any, Self
 
-__all__ = ["FakeOpenAI", "Text", "ToolCall", "Error", "Cut", "Reply", "ChunkRecord"]
+__all__ = ["ChunkRecord", "Cut", "Error", "FakeOpenAI", "Reply", "Text", "ToolCall"]
 
 
 # ---------------------------------------------------------------- reply specs
@@ -88,17 +90,22 @@ class Error:
 @dataclass
 class Cut:
     """Start answering with `content`, then drop the connection (no terminating chunk, no
-    [DONE]) once `after_chars` characters have been sent. Works for streamed requests (the
-    stream iterator raises) and non-streamed ones (a truncated Content-Length body)."""
+    finish_reason, no [DONE]) once `after_chars` characters have been sent. Works for streamed
+    requests and non-streamed ones (a truncated Content-Length body).
+
+    `framing` is how a streamed body is delimited: "chunked" (the stream iterator raises at the
+    cut), "close" (no length at all: the body ends when the connection closes, so the cut reads
+    as a clean end) or "length" (a `Content-Length` larger than what is sent)."""
 
     content: str
     after_chars: int
     chunk_size: int = 4
     delay: float = 0.0
     model: str | None = None
+    framing: str = "chunked"
 
 
-Reply = Union[Text, ToolCall, Error, Cut]
+Reply = Text | ToolCall | Error | Cut
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    _framing = "chunked"
 
     def setup(self) -> None:
         super().setup()
@@ -204,12 +212,12 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr
         pass
 
     # --- routing
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         raw = self._read_body()
         path = self.path.split("?", 1)[0].rstrip("/")
         if path != "/v1/chat/completions":
@@ -217,10 +225,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(raw or b"{}")
-            if not isinstance(body, dict):
-                raise ValueError("body is not an object")
         except ValueError as exc:
             self._send_json(400, _error_body(400, f"Invalid JSON body: {exc}"))
+            return
+        if not isinstance(body, dict):
+            self._send_json(400, _error_body(400, "Invalid JSON body: body is not an object"))
             return
         fake = self.server.fake
         index, reply = fake._take(body, dict(self.headers.items()))
@@ -233,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._read_body()
         self._send_json(404, _error_body(404, f"Unknown path {self.path}"))
 
-    do_GET = do_PUT = do_DELETE = do_PATCH = _not_found  # noqa: N815
+    do_GET = do_PUT = do_DELETE = do_PATCH = _not_found
 
     # --- I/O
 
@@ -265,11 +274,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
-    def _start_stream(self) -> None:
+    def _start_stream(self, framing: str = "chunked") -> None:
+        self._framing = framing
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
+        if framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        elif framing == "length":
+            self.send_header("Content-Length", "1000000")
         self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.flush()
@@ -277,7 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_chunk(self, data: bytes) -> None:
         # One write per HTTP chunk: size line, payload and CRLF together.
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        if self._framing == "chunked":
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.wfile.write(data)
         self.wfile.flush()
 
     def _event(self, payload: dict[str, Any] | str) -> None:
@@ -379,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(chunk(delta))
             n += 1
 
-        self._start_stream()
+        self._start_stream(reply.framing if isinstance(reply, Cut) else "chunked")
 
         if isinstance(reply, ToolCall):
             args = reply.arguments if isinstance(reply.arguments, str) else json.dumps(reply.arguments)
@@ -477,7 +492,7 @@ class FakeOpenAI:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

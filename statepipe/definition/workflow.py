@@ -47,7 +47,6 @@ class Step:
     description: str = ""
     optional: bool = False
     on_exhausted: str = "fail"
-    max_abandoned: int | None = None  # None: the workflow's setting
     compensate: Callable[..., Any] | None = None
     cache: bool | None = None  # None: the workflow's setting
     cache_ttl: float | None = None  # seconds a cached output stays usable (None: forever)
@@ -123,15 +122,12 @@ class Workflow:
         timeout: float | None = None,
         models: Iterable[str] = (),
         cache: bool = False,
-        max_abandoned: int = 5,
         **hooks: Callable[..., Any],
     ) -> None:
         """`timeout` bounds the whole run in seconds; `models` names the LLMs its steps call
         (llm_step adds its own), so a missing API key is reported before the run starts;
         `cache` lets every step reuse a succeeded attempt with the same cache key from any run
-        (steps may opt in or out themselves); `max_abandoned` is how many attempts of a step in
-        a row may die with their process before the step fails instead of running again (a
-        crash loop ends); `on_init`, `on_progress`, `on_retry`, `on_error`,
+        (steps may opt in or out themselves); `on_init`, `on_progress`, `on_retry`, `on_error`,
         `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
@@ -141,9 +137,6 @@ class Workflow:
         self.description = description
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
-        if max_abandoned < 1:
-            raise DefinitionError(f"workflow {name}: max_abandoned must be at least 1")
-        self.max_abandoned = max_abandoned
         self.result_step = result
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"workflow {name}: timeout must be positive")
@@ -175,7 +168,6 @@ class Workflow:
         description: str | None = None,
         optional: bool = False,
         on_exhausted: str = "fail",
-        max_abandoned: int | None = None,
         compensate: Callable[..., Any] | None = None,
         cache: bool | None = None,
         cache_ttl: float | None = None,
@@ -211,8 +203,6 @@ class Workflow:
                 raise DefinitionError(f"{what}: timeout must be positive")
             if concurrency is not None and concurrency < 1:
                 raise DefinitionError(f"{what}: concurrency must be at least 1")
-            if max_abandoned is not None and max_abandoned < 1:
-                raise DefinitionError(f"{what}: max_abandoned must be at least 1")
             params = _params_of(f, what)
             source = _ref_name(map_over, what) if map_over is not None else None
             if source is not None and "item" not in {p.name for p in params}:
@@ -238,7 +228,6 @@ class Workflow:
                 description=doc.strip().splitlines()[0] if doc.strip() else "",
                 optional=optional,
                 on_exhausted=on_exhausted,
-                max_abandoned=max_abandoned,
                 compensate=compensate,
                 cache=cache,
                 cache_ttl=cache_ttl,
@@ -262,18 +251,23 @@ class Workflow:
         system: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        on_truncated: str = "keep",
         **step_options: Any,
     ) -> Any:
         """A step whose function returns the prompt (a string or a list of messages) from its
         inputs; statepipe calls `model` and the step's output is the reply: text, or for
         shape "json" / "ndjson" / "json_mode" the validated structured value. It retries three
-        times by default, feeding a schema error back to the model."""
+        times by default, feeding a schema error back to the model. `on_truncated="retry"` makes
+        a reply cut at `max_tokens` a failed attempt; by default it is kept, marked truncated."""
         from statepipe.llm import api
+        from statepipe.llm.calls import ON_TRUNCATED
 
         if shape not in ("text", "json", "ndjson", "json_mode"):
             raise DefinitionError(f"workflow {self.name}: llm_step shape must be text, json, ndjson or json_mode")
         if shape != "text" and schema is None:
             raise DefinitionError(f"workflow {self.name}: llm_step with shape {shape!r} needs a schema")
+        if on_truncated not in ON_TRUNCATED:
+            raise DefinitionError(f"workflow {self.name}: llm_step on_truncated must be {' or '.join(ON_TRUNCATED)}")
 
         def register(prompt_fn: Callable[..., Any]) -> Step:
             prompt_params = _params_of(prompt_fn, f"workflow {self.name}, step {prompt_fn.__name__}")
@@ -281,7 +275,8 @@ class Workflow:
 
             def run(ctx: Any, **inputs: Any) -> Any:
                 prompt = prompt_fn(ctx=ctx, **inputs) if wants_ctx else prompt_fn(**inputs)
-                common = {"model": model, "system": system, "temperature": temperature, "max_tokens": max_tokens}
+                common: dict[str, Any] = {"model": model, "system": system, "temperature": temperature,
+                                          "max_tokens": max_tokens, "on_truncated": on_truncated}
                 if shape == "text":
                     return api.text(ctx, prompt, **common)
                 if shape == "ndjson":
@@ -327,9 +322,6 @@ class Workflow:
 
     def policy_for(self, step: Step) -> RetryPolicy:
         return step.retry or self.retry
-
-    def abandon_limit(self, step: Step) -> int:
-        return step.max_abandoned or self.max_abandoned
 
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {n: [] for n in self.validate()}

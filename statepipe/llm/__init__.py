@@ -1,7 +1,7 @@
 """LLM steps: calling language models from workflow steps, with streamed tokens and structured output."""
 
 from statepipe.llm.api import InvalidReply, chat, json, ndjson, stream, text, validate
-from statepipe.llm.calls import MissingAPIKey, ModelUnavailable
+from statepipe.llm.calls import MissingAPIKey, ModelUnavailable, ReplyTruncated
 from statepipe.llm.models import ModelConfig, configure, model_config
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "MissingAPIKey",
     "ModelConfig",
     "ModelUnavailable",
+    "ReplyTruncated",
     "chat",
     "configure",
     "json",

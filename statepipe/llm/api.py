@@ -5,7 +5,11 @@
     plan = llm.json(ctx, prompt, schema=Plan, model=...)                # fields/elements as they close
 
 A reply that breaks its schema raises InvalidReply naming the field; the step's next attempt
-(llm steps retry by default) sends the error back to the model so it can repair its answer."""
+(llm steps retry by default) sends the error back to the model so it can repair its answer.
+
+A reply cut at the token limit (finish_reason "length") is kept and marked truncated in the
+attempt's usage; `on_truncated="retry"` fails the attempt instead, and the next one asks for a
+shorter reply."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from statepipe.engine.context import StepContext
 from statepipe.errors import StatepipeError
 from statepipe.llm.backends import Shape
-from statepipe.llm.calls import call
+from statepipe.llm.calls import ReplyTruncated, call
 from statepipe.llm.parsing import JSONStreamParser, NDJSONParser
 
 Schema = type[BaseModel] | dict[str, Any]
@@ -45,6 +49,11 @@ def _messages(ctx: StepContext, prompt: str | list[dict[str, Any]], system: str 
             "content": f"Your previous reply was rejected: {ctx.last_error.split(': ', 1)[-1]}\n"
             "Reply again from the start, following the required format exactly.",
         })
+    elif ctx.last_error and ReplyTruncated.__name__ in ctx.last_error:
+        messages.append({
+            "role": "user",
+            "content": "Your previous reply was cut off at the length limit. Reply again from the start, more briefly.",
+        })
     return messages
 
 
@@ -65,17 +74,18 @@ def text(
     system: str | None = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    on_truncated: str = "keep",
     **params: Any,
 ) -> str:
     """The whole reply; every token is an `output` event of this attempt as it arrives."""
-    return _plain(ctx, prompt, model, system, _params(temperature, max_tokens, params), ctx.emit)
+    return _plain(ctx, prompt, model, system, _params(temperature, max_tokens, params), ctx.emit, on_truncated)
 
 
 def _plain(
     ctx: StepContext, prompt: str | list[dict[str, Any]], model: str, system: str | None,
-    params: dict[str, Any], on_delta: Callable[[str], None],
+    params: dict[str, Any], on_delta: Callable[[str], None], on_truncated: str,
 ) -> str:
-    return call(ctx, _messages(ctx, prompt, system, None), model=model, params=params, on_delta=on_delta).text
+    return call(ctx, _messages(ctx, prompt, system, None), model=model, params=params, on_delta=on_delta, on_truncated=on_truncated).text
 
 
 def stream(
@@ -86,6 +96,7 @@ def stream(
     system: str | None = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    on_truncated: str = "keep",
     **params: Any,
 ) -> Iterator[str]:
     """The reply's deltas, for a step that acts on them as they come (each also an event)."""
@@ -100,8 +111,8 @@ def stream(
             pieces.put(piece)
 
         try:
-            _plain(ctx, prompt, model, system, _params(temperature, max_tokens, params), deliver)
-        except BaseException as exc:  # handed to the consuming step, which raises it
+            _plain(ctx, prompt, model, system, _params(temperature, max_tokens, params), deliver, on_truncated)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming step, which raises it
             pieces.put(exc)
         else:
             pieces.put(None)
@@ -122,6 +133,7 @@ def chat(
     *,
     model: str,
     tools: list[dict[str, Any]] | None = None,
+    on_truncated: str = "keep",
     **params: Any,
 ) -> dict[str, Any]:
     """A raw chat turn with tools/function calling passed through: {"content", "tool_calls",
@@ -129,7 +141,8 @@ def chat(
     extra = dict(params)
     if tools:
         extra["tools"] = tools
-    reply = call(ctx, _messages(ctx, messages, None, None), model=model, params=extra, shape=Shape("tool" if tools else "text"), on_delta=ctx.emit)
+    reply = call(ctx, _messages(ctx, messages, None, None), model=model, params=extra, shape=Shape("tool" if tools else "text"),
+                 on_delta=ctx.emit, on_truncated=on_truncated)
     calls = []
     for tc in reply.tool_calls:
         try:
@@ -157,7 +170,7 @@ def validate(schema: Schema, value: Any, where: str = "reply") -> Any:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "(root)"
             raise InvalidReply(f"{where}: field '{field}': {err['msg']}") from exc
-    import jsonschema  # only dict schemas need it; importing it costs every LLM workflow ~45 ms
+    import jsonschema  # type: ignore[import-untyped]  # only dict schemas need it; importing it costs every LLM workflow ~45 ms
 
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
     if error is not None:
@@ -180,6 +193,7 @@ def json(
     streamed: bool = True,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    on_truncated: str = "keep",
     **params: Any,
 ) -> Any:
     """One JSON document fitting `schema`. Streamed (default): each element of a top-level array
@@ -191,7 +205,7 @@ def json(
     shape = Shape("json", json_schema(schema))
     if not streamed:
         extra.setdefault("response_format", {"type": "json_object"})
-        reply = call(ctx, messages, model=model, params=extra, shape=shape)
+        reply = call(ctx, messages, model=model, params=extra, shape=shape, on_truncated=on_truncated)
         try:
             value = jsonlib.loads(reply.text)
         except jsonlib.JSONDecodeError as exc:
@@ -204,7 +218,7 @@ def json(
         for done in parser.feed(piece):
             ctx.partial({"path": list(done.path), "value": done.value})
 
-    call(ctx, messages, model=model, params=extra, shape=shape, on_delta=on_delta)
+    call(ctx, messages, model=model, params=extra, shape=shape, on_delta=on_delta, on_truncated=on_truncated)
     try:
         value = parser.close()
     except ValueError as exc:
@@ -221,6 +235,7 @@ def ndjson(
     system: str | None = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    on_truncated: str = "keep",
     **params: Any,
 ) -> list[Any]:
     """A list of objects the model writes one per line; each is validated and emitted as a
@@ -254,7 +269,7 @@ def ndjson(
         take(parser.feed(piece))
 
     call(ctx, _messages(ctx, prompt, system, instructions), model=model, params=_params(temperature, max_tokens, params),
-         shape=Shape("ndjson", json_schema(item)), on_delta=on_delta)
+         shape=Shape("ndjson", json_schema(item)), on_delta=on_delta, on_truncated=on_truncated)
     take(parser.close())
     if problems:
         raise InvalidReply(f"{len(problems)} bad line(s); first: {problems[0]}")

@@ -87,12 +87,13 @@ def _retry_after(exc: Any) -> float | None:
 def openai_stream(cfg: ModelConfig, messages: list[dict[str, Any]], params: dict[str, Any]) -> Iterator[str | Reply]:
     import openai
 
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     try:
         stream = client(cfg).chat.completions.create(
             model=cfg.name, messages=messages, stream=True, stream_options={"include_usage": True}, **{**cfg.extra, **params}
         )
-        text: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
+        pairs = _SurrogatePairs()
         reply = Reply("", cfg.name)
         for chunk in stream:
             if chunk.usage is not None:
@@ -102,9 +103,10 @@ def openai_stream(cfg: ModelConfig, messages: list[dict[str, Any]], params: dict
                 reply.model = chunk.model
             for choice in chunk.choices:
                 delta = choice.delta
-                if delta.content:
-                    text.append(delta.content)
-                    yield delta.content
+                piece = pairs.feed(delta.content or "")
+                if piece:
+                    text.append(piece)
+                    yield piece
                 for tc in delta.tool_calls or []:
                     slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
                     slot["id"] = tc.id or slot["id"]
@@ -113,15 +115,50 @@ def openai_stream(cfg: ModelConfig, messages: list[dict[str, Any]], params: dict
                         slot["arguments"] += tc.function.arguments or ""
                 if choice.finish_reason:
                     reply.finish_reason = choice.finish_reason
+        if pairs.held:
+            text.append(pairs.held)
+            yield pairs.held
+        if reply.finish_reason is None:
+            # a body that is not chunked reads as complete however early the server closed it
+            raise Transient(f"{cfg.name}: stream ended after {_received(text, calls)} characters without a finish reason")
         reply.text = "".join(text)
-        reply.tool_calls = [calls[i] for i in sorted(calls)]
+        reply.tool_calls = [{**c, "arguments": _paired(c["arguments"])} for _, c in sorted(calls.items())]
         yield reply
     except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
-        raise Transient(f"{cfg.name}: {_describe(exc)}", _retry_after(exc)) from exc
+        received = _received(text, calls)
+        cut = f"stream cut after {received} characters: " if received else ""
+        raise Transient(f"{cfg.name}: {cut}{_describe(exc)}", _retry_after(exc)) from exc
     except openai.APIStatusError as exc:
         if exc.status_code in (408, 409) or exc.status_code >= 500:
             raise Transient(f"{cfg.name}: {_describe(exc)}", _retry_after(exc)) from exc
         raise Refused(f"{cfg.name}: {_describe(exc)}") from exc
+
+
+def _received(text: list[str], calls: dict[int, dict[str, Any]]) -> int:
+    return sum(map(len, text)) + sum(len(c["arguments"]) for c in calls.values())
+
+
+def _paired(text: str) -> str:
+    """Surrogate pairs joined into the characters they encode; a lone half stays as it is."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+
+class _SurrogatePairs:
+    """Deltas with an astral character's UTF-16 halves in separate chunks (JSON escapes such as
+    "\\ud83d" then "\\ude00") made whole: like an incremental UTF-8 decoder holding an incomplete
+    sequence, a trailing high surrogate waits for the next delta."""
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def feed(self, piece: str) -> str:
+        if not piece:
+            return ""
+        piece = _paired(self.held + piece)
+        self.held = ""
+        if "\ud800" <= piece[-1] <= "\udbff":
+            piece, self.held = piece[:-1], piece[-1]
+        return piece
 
 
 def _describe(exc: Any) -> str:
@@ -134,7 +171,7 @@ def _describe(exc: Any) -> str:
 
 # -- simulated --------------------------------------------------------------------------------
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a sentence reads better than a list of 33 quoted words
     "the plan holds steady while each part finds its place and the draft grows clearer with every "
     "pass careful notes gather into sections that read well together and point to what comes next"
 ).split()

@@ -14,15 +14,32 @@ import tenacity
 
 from statepipe.engine.context import StepContext
 from statepipe.errors import NonRetryable, StatepipeError
-from statepipe.llm.backends import SIMULATED, Refused, Reply, Shape, Transient, client, openai_stream, simulated_stream
+from statepipe.llm.backends import (
+    SIMULATED,
+    Refused,
+    Reply,
+    Shape,
+    Transient,
+    client,
+    openai_stream,
+    simulated_stream,
+)
 from statepipe.llm.limits import admitted
 from statepipe.llm.models import ModelConfig, model_config
 
 TRIES_PER_MODEL = 4
+TEXT = Shape()
+ON_TRUNCATED = ("keep", "retry")
 
 
 class MissingAPIKey(NonRetryable, StatepipeError):
     """The model needs a key that is not in the environment."""
+
+
+class ReplyTruncated(StatepipeError):
+    """The reply was cut at the token limit and the step asked for a retry in that case."""
+
+    exit_code = 1
 
 
 class ModelUnavailable(StatepipeError):
@@ -48,10 +65,15 @@ def call(
     *,
     model: str,
     params: dict[str, Any],
-    shape: Shape = Shape(),
+    shape: Shape = TEXT,
     on_delta: Callable[[str], None] | None = None,
+    on_truncated: str = "keep",
 ) -> Reply:
-    """Call `model` (then its fallbacks), stream deltas to `on_delta`, record usage on `ctx`."""
+    """Call `model` (then its fallbacks), stream deltas to `on_delta`, record usage on `ctx`.
+    A reply cut at the token limit is kept, marked truncated, or with on_truncated="retry" fails
+    the attempt so the step's retry policy applies."""
+    if on_truncated not in ON_TRUNCATED:
+        raise NonRetryable(f"on_truncated must be one of {', '.join(ON_TRUNCATED)}, not {on_truncated!r}")
     first = model_config(model)
     chain = [first, *(model_config(m) for m in first.fallbacks)]
     last: Transient | None = None
@@ -62,7 +84,7 @@ def call(
         fallback_from = model if i else None
 
         def once(cfg: ModelConfig = cfg, streamed: list[bool] = streamed, fallback_from: str | None = fallback_from) -> Reply:
-            return _one(ctx, cfg, messages, params, shape, on_delta, streamed, fallback_from=fallback_from)
+            return _one(ctx, cfg, messages, params, shape, on_delta, streamed, fallback_from=fallback_from, on_truncated=on_truncated)
 
         def transient(e: BaseException, streamed: list[bool] = streamed) -> bool:
             return isinstance(e, Transient) and not streamed[0]
@@ -72,9 +94,9 @@ def call(
             wait=_wait,
             stop=tenacity.stop_after_attempt(TRIES_PER_MODEL),
             reraise=True,
-            before_sleep=lambda st, cfg=cfg: ctx.progress(
-                f"{cfg.name}: {st.outcome.exception() if st.outcome else ''}; waiting {st.upcoming_sleep:.1f}s",
-                retrying=True,
+            # a Transient's message names its model already
+            before_sleep=lambda st: ctx.progress(
+                f"{st.outcome.exception() if st.outcome else ''}; waiting {st.upcoming_sleep:.1f}s", retrying=True,
             ),
         )
         try:
@@ -84,7 +106,7 @@ def call(
                 raise ModelUnavailable(str(exc), exc.retry_after) from exc
             last = exc
             if i + 1 < len(chain):
-                ctx.progress(f"{cfg.name} unavailable ({exc}); falling back to {chain[i + 1].name}", fallback=chain[i + 1].name)
+                ctx.progress(f"{exc}; falling back to {chain[i + 1].name}", fallback=chain[i + 1].name)
     assert last is not None
     raise ModelUnavailable(f"{model} and its fallbacks are unavailable: {last}", last.retry_after) from last
 
@@ -98,6 +120,7 @@ def _one(
     on_delta: Callable[[str], None] | None,
     streamed: list[bool],
     fallback_from: str | None,
+    on_truncated: str,
 ) -> Reply:
     estimate = sum(len(str(m.get("content") or "")) for m in messages) // 4 + int(params.get("max_tokens") or 512)
     if not ctx.dry_run:
@@ -123,6 +146,7 @@ def _one(
         except Refused as exc:
             raise NonRetryable(str(exc)) from exc
     latency = time.monotonic() - began
+    truncated = reply.finish_reason == "length"
     ctx.record_usage({
         "model": reply.model if not ctx.dry_run else SIMULATED,
         "requested_model": cfg.name,
@@ -135,5 +159,13 @@ def _one(
         "ttft_s": round(first - began, 4) if first is not None else None,
         "waited_s": round(waited, 4),
         "fallback_from": fallback_from,
+        "finish_reason": reply.finish_reason,
+        "truncated": truncated,
     })
+    if truncated:
+        size = f"{reply.completion_tokens} tokens" if reply.completion_tokens else f"{len(reply.text)} characters"
+        cut = f"{cfg.name}: reply cut at the token limit after {size} (finish_reason \"length\")"
+        if on_truncated == "retry":
+            raise ReplyTruncated(cut)
+        ctx.progress(f"{cut}; kept, marked truncated", truncated=True)
     return reply

@@ -195,7 +195,8 @@ def _usage_cell(s: StepRow) -> str:
         return ""
     tokens = sum(int(u.get("total_tokens") or 0) for u in usages)
     simulated = any(u.get("simulated") for u in usages)
-    return f"{tokens} tok {format_cost(sum(float(u.get('cost_usd') or 0) for u in usages), simulated)}"
+    truncated = " truncated" if any(c.get("truncated") for c in usages[-1].get("details") or []) else ""  # the latest attempt's reply
+    return f"{tokens} tok {format_cost(sum(float(u.get('cost_usd') or 0) for u in usages), simulated)}{truncated}"
 
 
 def list_table(runs: list[RunRow]) -> Table:
