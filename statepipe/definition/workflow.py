@@ -47,6 +47,7 @@ class Step:
     description: str = ""
     optional: bool = False
     on_exhausted: str = "fail"
+    max_abandoned: int | None = None  # None: the workflow's setting
     compensate: Callable[..., Any] | None = None
     cache: bool | None = None  # None: the workflow's setting
     cache_ttl: float | None = None  # seconds a cached output stays usable (None: forever)
@@ -122,12 +123,15 @@ class Workflow:
         timeout: float | None = None,
         models: Iterable[str] = (),
         cache: bool = False,
+        max_abandoned: int = 5,
         **hooks: Callable[..., Any],
     ) -> None:
         """`timeout` bounds the whole run in seconds; `models` names the LLMs its steps call
         (llm_step adds its own), so a missing API key is reported before the run starts;
         `cache` lets every step reuse a succeeded attempt with the same cache key from any run
-        (steps may opt in or out themselves); `on_init`, `on_progress`, `on_retry`, `on_error`,
+        (steps may opt in or out themselves); `max_abandoned` is how many attempts of a step in
+        a row may die with their process before the step fails instead of running again (a
+        crash loop ends); `on_init`, `on_progress`, `on_retry`, `on_error`,
         `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
@@ -137,6 +141,9 @@ class Workflow:
         self.description = description
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
+        if max_abandoned < 1:
+            raise DefinitionError(f"workflow {name}: max_abandoned must be at least 1")
+        self.max_abandoned = max_abandoned
         self.result_step = result
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"workflow {name}: timeout must be positive")
@@ -168,6 +175,7 @@ class Workflow:
         description: str | None = None,
         optional: bool = False,
         on_exhausted: str = "fail",
+        max_abandoned: int | None = None,
         compensate: Callable[..., Any] | None = None,
         cache: bool | None = None,
         cache_ttl: float | None = None,
@@ -203,6 +211,8 @@ class Workflow:
                 raise DefinitionError(f"{what}: timeout must be positive")
             if concurrency is not None and concurrency < 1:
                 raise DefinitionError(f"{what}: concurrency must be at least 1")
+            if max_abandoned is not None and max_abandoned < 1:
+                raise DefinitionError(f"{what}: max_abandoned must be at least 1")
             params = _params_of(f, what)
             source = _ref_name(map_over, what) if map_over is not None else None
             if source is not None and "item" not in {p.name for p in params}:
@@ -228,6 +238,7 @@ class Workflow:
                 description=doc.strip().splitlines()[0] if doc.strip() else "",
                 optional=optional,
                 on_exhausted=on_exhausted,
+                max_abandoned=max_abandoned,
                 compensate=compensate,
                 cache=cache,
                 cache_ttl=cache_ttl,
@@ -322,6 +333,9 @@ class Workflow:
 
     def policy_for(self, step: Step) -> RetryPolicy:
         return step.retry or self.retry
+
+    def abandon_limit(self, step: Step) -> int:
+        return step.max_abandoned or self.max_abandoned
 
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {n: [] for n in self.validate()}
