@@ -47,7 +47,7 @@ from statepipe.store.records import (
     StepRowWrite,
     utcnow,
 )
-from statepipe.store.storable import message_json
+from statepipe.store.storable import mended, message_json
 from statepipe.store.store import BIG_VALUE
 
 if TYPE_CHECKING:
@@ -820,6 +820,7 @@ class RunExecutor:
                 self._abandon(st, change, self.failure if self.failure and "timed out" in self.failure else "interrupted")
             return
         message = str(error) if isinstance(error, (StepTimeout, OutputNotSerializable)) else f"{type(error).__name__}: {error}"
+        message = mended(message)  # the store mends what it stores; this copy also reaches the views
         policy = self.wf.policy_for(st.step)
         retryable = not isinstance(error, OutputNotSerializable) or isinstance(error, UnstorableValue)
         if retryable and policy.should_retry(st.attempt, error):  # while draining too: resume keeps the wait
