@@ -67,7 +67,7 @@ def calls(store: Any, run_id: str, step: str) -> list[dict[str, Any]]:
 
 def test_emoji_sent_as_two_surrogate_half_deltas_streams_and_stores_whole(server, store):
     content = "smile \ud83d\ude00 and wave \ud83d\udc4b"  # the halves as separate code units
-    server.script(Text(content, chunk_size=7))
+    server.script(Text(content, chunk_size=7, delay=0.1))  # apart, so the halves would not share an event
     run_id = run_here(store, "llm_text", env=env(server))
 
     sent = [c.text for c in server.chunks]
@@ -78,7 +78,6 @@ def test_emoji_sent_as_two_surrogate_half_deltas_streams_and_stores_whole(server
     assert step_of(store.snapshot(run_id), "write").output == whole
 
 
-@pytest.mark.xfail(strict=False, reason="needs the store's unstorable-text rule")
 def test_lone_surrogate_in_a_stream_ends_the_run_failed_without_a_traceback(server, cli, store):
     server.always(Text("a stray \ud800 half", chunk_size=3))
     done = cli("run", workflow_path("llm_text"), **env(server))
@@ -87,7 +86,8 @@ def test_lone_surrogate_in_a_stream_ends_the_run_failed_without_a_traceback(serv
     assert done.returncode == 1, done.stderr
     [run] = store.list_runs()
     assert run.state == "failed"
-    assert all(state == "failed" for _, state in attempts(store, run.id, "write"))
+    assert attempts(store, run.id, "write") == [(1, "failed"), (2, "failed"), (3, "failed")]  # retried per its policy
+    assert "lone surrogate" in step_of(store.snapshot(run.id), "write").error
 
 
 # -- a stream that stops early ----------------------------------------------------------------------
