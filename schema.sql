@@ -1,4 +1,4 @@
--- statepipe schema, version 5.
+-- statepipe schema, version 6.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -84,6 +84,13 @@ CREATE TABLE IF NOT EXISTS statepipe.attempts (
     PRIMARY KEY (run_id, step, item, number)
 );
 
+-- v6: a failed attempt's traceback (the user's frames; statepipe's own trimmed)
+ALTER TABLE statepipe.attempts ADD COLUMN IF NOT EXISTS traceback text;
+-- v6: how long owners executed the run: closed intervals in active_s, the open one from
+-- resumed_at (set when an owner starts or resumes it, closed when it lets go or is taken over)
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS active_s float8 NOT NULL DEFAULT 0;
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS resumed_at timestamptz;
+
 CREATE INDEX IF NOT EXISTS attempts_cache_idx ON statepipe.attempts (cache_key, finished_at DESC)
     WHERE cache_key IS NOT NULL AND state = 'succeeded';
 CREATE INDEX IF NOT EXISTS runs_forked_from_idx ON statepipe.runs (forked_from) WHERE forked_from IS NOT NULL;
@@ -120,8 +127,8 @@ ALTER TABLE statepipe.steps SET (fillfactor = 70);
 --               an unowned one wakes the workers
 --   runs:       [{id, fence, n}]  each run's fencing token and how many events it appends
 --   events:     [{b, pos, ts, type, step, item, attempt, data}]  b: 1-based index into runs
---   run_writes: [{id, state, started_at, finished_at, error, clear_request, release, input,
---                 fingerprint}]  applied in order
+--   run_writes: [{id, state, started_at, finished_at, error, clear_request, release, begin, input,
+--                 fingerprint}]  applied in order; `begin`: an owner starts executing it now
 --   new_steps, steps, attempts: step rows to insert, step rows to update, attempts that ended
 --   (a part with nothing to write is left out)
 --   values:     JSON values the attempts point at by index (o: output, u: usage), spliced in
@@ -192,6 +199,11 @@ BEGIN
         FOR i IN 0 .. jsonb_array_length(p->'run_writes') - 1 LOOP
             w := p->'run_writes'->i;
             UPDATE statepipe.runs SET state = w->>'state',
+                   active_s = active_s + CASE WHEN resumed_at IS NOT NULL
+                       AND ((w->>'release')::boolean OR (w->>'begin')::boolean)
+                       THEN extract(epoch FROM now() - resumed_at) ELSE 0 END,
+                   resumed_at = CASE WHEN (w->>'begin')::boolean THEN now()
+                       WHEN (w->>'release')::boolean THEN NULL ELSE resumed_at END,
                    started_at = coalesce((w->>'started_at')::timestamptz, started_at),
                    finished_at = (w->>'finished_at')::timestamptz, error = w->>'error',
                    requested = CASE WHEN (w->>'clear_request')::boolean THEN NULL ELSE requested END,
@@ -221,16 +233,24 @@ BEGIN
     END IF;
     IF p ? 'attempts' THEN
         INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at, error,
-                                        output, usage, cache_key, cached_from)
+                                        output, usage, cache_key, cached_from, traceback)
         SELECT a.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error,
-               coalesce(big[a.ob], p->'values'->a.o), p->'values'->a.u, a.cache_key, a.cached_from
+               coalesce(big[a.ob], p->'values'->a.o), p->'values'->a.u, a.cache_key, a.cached_from, a.traceback
           FROM jsonb_to_recordset(p->'attempts')
                AS a(run_id text, step text, item text, number integer, state text, started_at timestamptz,
                     finished_at timestamptz, error text, o integer, ob integer, u integer, cache_key text,
-                    cached_from jsonb);
+                    cached_from jsonb, traceback text);
     END IF;
     RETURN lasts;
 END $$;
+
+-- v6: the seconds an owner that died executed the run since resumed_at, up to its last sign of
+-- life: its last commit, or its last heartbeat (its lease's end less a lease's length).
+CREATE OR REPLACE FUNCTION statepipe.lost_interval(resumed_at timestamptz, updated_at timestamptz,
+    lease_expires_at timestamptz, lease_s float8) RETURNS float8 LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN resumed_at IS NULL THEN 0 ELSE greatest(0, extract(epoch FROM greatest(updated_at,
+        lease_expires_at - make_interval(secs => lease_s)) - resumed_at)) END
+$$;
 
 -- v4: a worker's claim is a function of one JSON document too, so the writer can send it after a
 -- commit, before one Sync: both go in one transaction, and a worker refilling a slot costs no
@@ -257,7 +277,10 @@ BEGIN
          ORDER BY created_at LIMIT (p->>'limit')::integer FOR UPDATE SKIP LOCKED
     ), u AS (
         UPDATE statepipe.runs r SET owner = p->>'owner', fencing_token = r.fencing_token + 1,
-               lease_expires_at = now() + make_interval(secs => (p->>'lease_s')::float8)
+               lease_expires_at = now() + make_interval(secs => (p->>'lease_s')::float8),
+               active_s = r.active_s + statepipe.lost_interval(r.resumed_at, r.updated_at, r.lease_expires_at,
+                                                              (p->>'lease_s')::float8),
+               resumed_at = NULL
           FROM c LEFT JOIN statepipe.events e ON e.run_id = c.id AND e.seq = 1
          WHERE r.id = c.id
         RETURNING r.*, e.ts AS first_ts, e.type AS first_type, e.data AS first_data
@@ -269,4 +292,4 @@ END $$;
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;

@@ -165,7 +165,7 @@ def _reference(cli: Any, store: Any, pause: float) -> tuple[Any, float]:
     snap = store.snapshot(parse_events(done.stdout)[0]["run_id"])
     assert_each_step_succeeded_once(snap)
     assert all(len(s.attempts) == 1 for s in work_steps(snap) if (s.name, s.item, 1) not in DESIGNED_FAILURES)
-    return snap.result(), min(snap.run.duration or 0, time.monotonic() - began)
+    return snap.result(), min(snap.run.executing_s or 0, time.monotonic() - began)
 
 
 def _kill_and_resume_trial(spawn: Any, cli: Any, store: Any, delays: list[float], pause: float, reference: Any) -> bool:

@@ -591,7 +591,7 @@ def test_text_a_latin1_database_has_no_characters_for_ends_the_run_command_with_
     assert latin.returncode == 0, latin.stderr  # what LATIN1 has characters for is stored
     runs = json.loads(cli("list", "--json", STATEPIPE_DATABASE_URL=url).stdout)
     # a refused output leaves its run as it was, resumable; a refused input creates none
-    assert sorted(r["state"] for r in runs) == (["running", "succeeded"] if where == "output" else ["succeeded"])
+    assert sorted(r["state"] for r in runs) == (["interrupted", "succeeded"] if where == "output" else ["succeeded"])
 
 
 def test_a_change_the_database_refuses_fails_only_its_own_run_among_those_committed_with_it(database_in):

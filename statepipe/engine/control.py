@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS
-from statepipe.engine.lease import owner_is_dead
+from statepipe.processes import owner_is_dead
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import ConflictError
 from statepipe.lifecycles import RUN_FINISHED, run_lifecycle

@@ -26,6 +26,7 @@ from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.threads import ThreadCall
+from statepipe.engine.tracebacks import user_traceback, where
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
@@ -377,7 +378,7 @@ class RunExecutor:
         if state == "pending":
             self.run_lc.send("start")
             self.started_at = self.clock_start = now
-            change.run = RunWrite("running", started_at=now)
+            change.run = RunWrite("running", started_at=now, begin=True)
             change.events.append(NewEvent("run_started", data={"owner": self.runtime.owner}))
         else:
             if state == "paused":
@@ -388,7 +389,9 @@ class RunExecutor:
             retry = self.request == RETRY_REQUEST  # batch re-runs a failed run's failed steps
             if retry:
                 self.request = None
-            change.run = RunWrite("running", error=self.failure if self.compensations else None, clear_request=retry)
+            change.run = RunWrite(
+                "running", error=self.failure if self.compensations else None, clear_request=retry, begin=True
+            )
             change.events.append(NewEvent("run_resumed", data={"owner": self.runtime.owner, "from_state": state}))
         retry_failed = state in ("failed", "paused", "cancelled") and not self.compensations
         if retry_failed:
@@ -404,7 +407,7 @@ class RunExecutor:
 
     def _record_attempt(
         self, st: StepState, change: Change, state: str, error: str | None = None, output: str | None = None,
-        cached_from: dict[str, Any] | None = None,
+        cached_from: dict[str, Any] | None = None, trace: str | None = None,
     ) -> dict[str, Any] | None:
         """An attempt is written once, when it ends; while it runs the step row tells of it.
         Returns the attempt's LLM usage, added up (None when it made no call)."""
@@ -414,6 +417,7 @@ class RunExecutor:
             error=error, output=output, usage=message_json(usage) if usage else None,
             # only a computed output is a cache source: a reused one points at its origin instead
             cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
+            traceback=mended(trace),
         ))
         return usage
 
@@ -821,6 +825,8 @@ class RunExecutor:
             return
         message = str(error) if isinstance(error, (StepTimeout, OutputNotSerializable)) else f"{type(error).__name__}: {error}"
         message = mended(message)  # the store mends what it stores; this copy also reaches the views
+        trace, at = user_traceback(error), where(error)
+        located = {"at": at} if at else {}
         policy = self.wf.policy_for(st.step)
         retryable = not isinstance(error, OutputNotSerializable) or isinstance(error, UnstorableValue)
         if retryable and policy.should_retry(st.attempt, error):  # while draining too: resume keeps the wait
@@ -828,16 +834,17 @@ class RunExecutor:
             st.lc.send("wait")
             st.error = message
             st.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            self._record_attempt(st, change, "failed", error=message)
+            self._record_attempt(st, change, "failed", error=message, trace=trace)
             change.steps.append(st.row())
             if st.ctx is not None and st.ctx.emitted:  # readers drop this attempt's streamed text
                 change.events.append(st.event("attempt_abandoned", reason=message, retrying=True))
-            change.events.append(
-                st.event("step_retrying", error=message, delay_s=round(delay, 3), next_attempt_at=st.next_attempt_at.isoformat())
-            )
+            change.events.append(st.event(
+                "step_retrying", error=message, **located, delay_s=round(delay, 3),
+                next_attempt_at=st.next_attempt_at.isoformat(),
+            ))
             self._hook("on_retry", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message, delay_s=delay)
             return
-        self._fail(st, change, message)
+        self._fail(st, change, message, trace=trace, at=at)
 
     def _succeed(
         self, st: StepState, change: Change, text: str, value: Any = None, cached_from: dict[str, Any] | None = None
@@ -878,15 +885,19 @@ class RunExecutor:
         change.steps.append(parent.row())
         change.events.append(parent.event("step_succeeded", items=len(parent.children), summary=summarize(parent.output)))
 
-    def _fail(self, st: StepState, change: Change, message: str, recorded: bool = False) -> None:
-        """`recorded`: the attempt is already written (abandoned), only the step fails."""
+    def _fail(
+        self, st: StepState, change: Change, message: str, recorded: bool = False, trace: str | None = None,
+        at: str | None = None,
+    ) -> None:
+        """`recorded`: the attempt is already written (abandoned), only the step fails. `trace`
+        and `at`: the user's traceback and where in their code it failed (tracebacks.py)."""
         st.lc.send("fail")
         st.error = message
         st.finished_at = utcnow()
         if not recorded:
-            self._record_attempt(st, change, "failed", error=message)
+            self._record_attempt(st, change, "failed", error=message, trace=trace)
         change.steps.append(st.row())
-        change.events.append(st.event("step_failed", error=message, optional=st.step.optional))
+        change.events.append(st.event("step_failed", error=message, **({"at": at} if at else {}), optional=st.step.optional))
         self._hook("on_error", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message)
         if st.undoes is not None:
             return  # a failed compensation is reported; the others still run

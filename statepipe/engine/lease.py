@@ -1,26 +1,5 @@
-"""Who owns a run: an owner id that says where it lives, so a dead owner on this machine is
-recognised at once instead of after its lease runs out."""
+"""Who owns a run (kept for importers; the owner ids live in statepipe.processes)."""
 
-from __future__ import annotations
+from statepipe.processes import new_owner_id, owner_is_dead
 
-import os
-import socket
-import uuid
-
-from statepipe.processes import pid_alive
-
-
-def new_owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def owner_is_dead(owner: str | None) -> bool:
-    """True only when the owner provably is gone: same host, and its pid no longer exists."""
-    if not owner:
-        return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    return not pid_alive(int(pid_text))
-
+__all__ = ["new_owner_id", "owner_is_dead"]

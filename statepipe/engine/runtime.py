@@ -24,9 +24,9 @@ from statepipe.definition.workflow import Workflow
 from statepipe.engine.executor import RunExecutor
 from statepipe.engine.outputs import input_text
 from statepipe.engine.rerun import RerunPlan
-from statepipe.engine.lease import new_owner_id, owner_is_dead
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
+from statepipe.processes import new_owner_id, owner_is_dead
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from statepipe.processes import owner_is_dead
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -135,6 +137,7 @@ class AttemptWrite:
     usage: str | None = None  # JSON text
     cache_key: str | None = None
     cached_from: dict[str, Any] | None = None
+    traceback: str | None = None  # a failed attempt's, the user's frames first (see engine.tracebacks)
 
 
 @dataclass
@@ -163,6 +166,7 @@ class RunWrite:
     error: str | None = None
     clear_request: bool = False  # the control command (pause, cancel) has been carried out
     release: bool = False  # the run is at rest: its lease ends with this change
+    begin: bool = False  # an owner starts executing it: its executing time counts from now
     input: dict[str, Any] | None = None  # a rerun changed the run's input
     fingerprint: dict[str, str] | None = None  # the definition the run now follows
 
@@ -237,26 +241,65 @@ class RunRow:
     steps_total: int = 0
     cost_usd: float | None = None  # of every LLM call of every attempt
     tokens: int | None = None
+    active_s: float = 0.0  # seconds owners executed it, intervals closed (see `executing_s`)
+    resumed_at: datetime | None = None  # start of the interval an owner is executing it in
 
     @property
-    def duration(self) -> float | None:
+    def interrupted(self) -> bool:
+        """Unfinished, and nobody is executing it: its owner's process is gone (dead on this host,
+        or its lease ran out) or let it go (Ctrl-C, a draining worker). Derived from the lease,
+        not stored: a dead owner cannot write its own end. A pending run nobody owns is queued."""
+        if self.state not in ("running", "pending") or (self.state == "pending" and self.owner is None):
+            return False
+        if self.owner is None or self.lease_expires_at is None or self.lease_expires_at < utcnow():
+            return True
+        return owner_is_dead(self.owner)
+
+    @property
+    def shown_state(self) -> str:
+        """The state people and API clients see: `interrupted` for a run nobody executes."""
+        return "interrupted" if self.interrupted else self.state
+
+    @property
+    def stopped_at(self) -> datetime | None:
+        """When an interrupted run's owner was last seen working (its last commit)."""
+        return self.updated_at if self.interrupted else None
+
+    @property
+    def executing_s(self) -> float | None:
+        """How long owners executed the run, idle gaps (a kill, a pause, a finished run waiting
+        for a rerun) left out. Runs from before schema v6 have only their start and end."""
         if self.started_at is None:
             return None
-        end = self.finished_at or utcnow()
-        return (end - self.started_at).total_seconds()
+        if not self.active_s and self.resumed_at is None:
+            if self.finished_at is not None:
+                return (self.finished_at - self.started_at).total_seconds()
+            if self.state == "running" and not self.interrupted:
+                return (utcnow() - self.started_at).total_seconds()
+            return 0.0
+        open_for = 0.0
+        if self.resumed_at is not None:
+            end = self.updated_at if self.interrupted else utcnow()
+            open_for = max(0.0, (end - self.resumed_at).total_seconds())
+        return self.active_s + open_for
+
+    @property
+    def age_s(self) -> float:
+        return (utcnow() - self.created_at).total_seconds()
 
     def as_json(self, result: Any = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "workflow": self.workflow,
-            "state": self.state,
+            "state": self.shown_state,
             "input": self.input,
             "result": result,
             "error": self.error,
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
-            "duration_s": self.duration,
+            "duration_s": _rounded(self.executing_s),
+            "interrupted_at": iso(self.stopped_at),
             "steps_done": self.steps_done,
             "steps_total": self.steps_total,
             "cost_usd": self.cost_usd,
@@ -268,6 +311,10 @@ class RunRow:
             "batch_id": self.batch_id,
             "last_seq": self.last_seq,
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return round(seconds, 3) if seconds is not None else None
 
 
 @dataclass
@@ -282,6 +329,7 @@ class AttemptRow:
     output: Any
     usage: dict[str, Any] | None = None
     cached_from: dict[str, Any] | None = None
+    traceback: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -293,6 +341,7 @@ class AttemptRow:
             "finished_at": iso(self.finished_at),
             "duration_s": (self.finished_at - self.started_at).total_seconds() if self.finished_at else None,
             "error": self.error,
+            "traceback": self.traceback,
         }
 
 

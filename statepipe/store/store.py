@@ -38,7 +38,7 @@ from statepipe.store.records import (
 )
 from statepipe.store import storable
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 # a list output of more items than PREVIEW_ITEMS, stored in more bytes than PREVIEW_BYTES (more
 # than inspect shows of a value), is previewed (see snapshot)
@@ -53,9 +53,12 @@ _CLAIM = b"statepipe_claim"
 _STATEMENTS = {_COMMIT: b"SELECT statepipe.commit_changes($1::jsonb)", _CLAIM: b"SELECT statepipe.claim_runs($1::jsonb)"}
 _PREPARED: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = weakref.WeakKeyDictionary()
 _PIPELINES = psycopg.Pipeline.is_supported()  # libpq 14+; without, a claim has a transaction of its own
-_RUN_TIMES = ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at")  # ISO text in JSON
+_RUN_TIMES = ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at", "resumed_at")  # ISO text in JSON
 _SCHEMA_LOCK = 0x5354_4550  # advisory lock key while applying schema.sql
 
+
+# the shown states derived from a stored one and the lease (RunRow.shown_state)
+_STORED_AS = {"interrupted": ("running", "pending"), "running": ("running",), "pending": ("pending",)}
 
 CONTROL_CHANNEL = "statepipe_control"  # payload "<run_id>:<request>": wakes the run's owner
 RUNNABLE_CHANNEL = "statepipe_runnable"  # payload run id: a run wants an executor
@@ -70,6 +73,7 @@ _RUN_COLUMNS = """
     r.id, r.workflow, r.workflow_ref, r.state, r.input, r.error, r.created_at, r.started_at,
     r.finished_at, r.updated_at, r.last_seq, r.owner, r.lease_expires_at, r.fencing_token,
     r.requested, r.dry_run, r.no_cache, r.fingerprint, r.forked_from, r.batch_id, r.batch_index, r.result_step,
+    r.active_s, r.resumed_at,
     (SELECT count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped'))
        FROM statepipe.steps s WHERE s.run_id = r.id AND s.item = '' AND s.compensates IS NULL) AS steps_done,
     (SELECT count(*) FROM statepipe.steps s
@@ -157,17 +161,62 @@ class Store:
         workflow: str | None = None,
         since: datetime | None = None,
         limit: int = 20,
+        batch_id: str | None = None,
     ) -> list[RunRow]:
+        """Runs newest first. `states` are as people see them (RunRow.shown_state): an
+        `interrupted` run is stored as running or pending, so those are read whole (unfinished
+        runs are few) and told apart here."""
+        stored = {kept for s in states for kept in _STORED_AS.get(s, (s,))}
+        derived = bool(set(states) & set(_STORED_AS))
         with self._tx() as conn:
             rows = conn.cursor(row_factory=dict_row).execute(
                 f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r"
                 " WHERE (cardinality(%(states)s::text[]) = 0 OR r.state = ANY(%(states)s::text[]))"
                 "   AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)"
                 "   AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s::timestamptz)"
+                "   AND (%(batch)s::text IS NULL OR r.batch_id = %(batch)s::text)"
                 " ORDER BY r.created_at DESC LIMIT %(limit)s",
-                {"states": list(states), "workflow": workflow, "since": since, "limit": limit},
+                {"states": sorted(stored), "workflow": workflow, "since": since, "batch": batch_id,
+                 "limit": None if derived else limit},
             ).fetchall()
-        return [RunRow(**r) for r in rows]
+        runs = [RunRow(**r) for r in rows]
+        if derived:
+            runs = [r for r in runs if r.shown_state in states][:limit]
+        return runs
+
+    def count_runs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        workflow: str | None = None,
+        since: datetime | None = None,
+        batch_id: str | None = None,
+    ) -> int:
+        """How many runs list_runs would give without its limit (`list` says how many it left
+        out). Stored states are counted by the server; a state derived from the lease is told
+        apart here, over the unfinished runs, which are few."""
+        plain = [s for s in states if s not in _STORED_AS]
+        derived = [s for s in states if s in _STORED_AS]
+        where = (" AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)"
+                 " AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s::timestamptz)"
+                 " AND (%(batch)s::text IS NULL OR r.batch_id = %(batch)s::text)")
+        params: dict[str, Any] = {"workflow": workflow, "since": since, "batch": batch_id}
+        total = 0
+        with self._tx() as conn:
+            if plain or not states:
+                row = conn.execute(
+                    "SELECT count(*) FROM statepipe.runs r"
+                    " WHERE (cardinality(%(states)s::text[]) = 0 OR r.state = ANY(%(states)s::text[]))" + where,
+                    {**params, "states": plain},
+                ).fetchone()
+                total += row[0] if row else 0
+            if derived:
+                rows = conn.cursor(row_factory=dict_row).execute(
+                    f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r WHERE r.state = ANY(%(states)s::text[])" + where,
+                    {**params, "states": sorted({kept for s in derived for kept in _STORED_AS[s]})},
+                ).fetchall()
+                total += sum(1 for r in rows if RunRow(**r).shown_state in derived)
+        return total
 
     def snapshot(self, run_id: str, preview: bool = False) -> RunSnapshot:
         """The run with its steps and attempts. `preview`: a long list output (see PREVIEW_BYTES)
@@ -182,7 +231,7 @@ class Store:
                 (run_id,),
             ).fetchall()
             attempts = conn.cursor(row_factory=dict_row).execute(
-                "SELECT step, item, number, state, started_at, finished_at, error, usage, cached_from, cut,"
+                "SELECT step, item, number, state, started_at, finished_at, error, usage, cached_from, traceback, cut,"
                 "  CASE WHEN cut THEN jsonb_build_object('head', jsonb_path_query_array(output, '$[0 to $last]',"
                 "   jsonb_build_object('last', %(items)s - 1)), 'length', jsonb_array_length(output))"
                 "   ELSE output END AS output"
@@ -321,9 +370,10 @@ class Store:
             if current and live and current != owner and not owner_is_dead(current):
                 raise ConflictError(f"run {run_id} is being executed by {current}; try again when it stops")
             claimed = conn.execute(
-                "UPDATE statepipe.runs SET owner = %s, lease_expires_at = now() + %s,"
-                " fencing_token = fencing_token + 1 WHERE id = %s RETURNING fencing_token",
-                (owner, timedelta(seconds=ttl), run_id),
+                "UPDATE statepipe.runs SET owner = %s, lease_expires_at = now() + %s, fencing_token = fencing_token + 1,"
+                " active_s = active_s + statepipe.lost_interval(resumed_at, updated_at, lease_expires_at, %s),"
+                " resumed_at = NULL WHERE id = %s RETURNING fencing_token",
+                (owner, timedelta(seconds=ttl), ttl, run_id),
             ).fetchone()
         assert claimed is not None  # the row is locked above: it cannot have gone
         return int(claimed[0])
@@ -347,7 +397,8 @@ class Store:
         """Give the run up; if it still wants executing, wake the workers."""
         with self._tx() as conn, conn.transaction():
             row = conn.execute(
-                "UPDATE statepipe.runs SET owner = NULL, lease_expires_at = NULL"
+                "UPDATE statepipe.runs SET owner = NULL, lease_expires_at = NULL, resumed_at = NULL,"
+                " active_s = active_s + coalesce(extract(epoch FROM now() - resumed_at), 0)"
                 " WHERE id = %s AND fencing_token = %s RETURNING state",
                 (run_id, fence),
             ).fetchone()
@@ -515,7 +566,7 @@ def _document(
         "attempts": [
             {
                 "run_id": ch.run_id, "step": a.step, "item": a.item, "number": a.number, "state": a.state,
-                "started_at": a.started_at, "finished_at": a.finished_at, "error": a.error,
+                "started_at": a.started_at, "finished_at": a.finished_at, "error": a.error, "traceback": a.traceback,
                 **spliced_or_big(a.output, "o"), "u": value(a.usage), "cache_key": a.cache_key, "cached_from": a.cached_from,
             }
             for ch in changes for a in ch.attempts

@@ -118,9 +118,10 @@ def parse_since(text: str | None) -> datetime | None:
 # -- executing --------------------------------------------------------------------------------
 
 
-def _drain_on_signals(runtime: Any, grace: float, what: str, say: Any = None) -> None:
+def _drain_on_signals(runtime: Any, grace: float, what: str, say: Any = None, last_words: Any = None) -> None:
     """First SIGINT/SIGTERM: start nothing new, give running steps `grace` seconds, then
-    interrupt them; a second signal exits at once. Either way the run stays resumable."""
+    interrupt them; a second signal exits at once, after `last_words()` (the terminal restored,
+    the resume hint). Either way the run stays resumable."""
     import asyncio
     import signal
 
@@ -172,7 +173,10 @@ def _execute(
     interactive = sys.stdout.isatty()
     loaded = load(workflow) if workflow else None
     if not interactive:
-        runtime.listen(StdoutEvents().write)
+        # a reader that went away (| head) is a first Ctrl-C with no grace: nobody watches
+        stdout_events = StdoutEvents(on_closed=lambda: stop_now())
+        runtime.listen(stdout_events.write)
+        stdout_events.watch()
     if run_id is None:
         assert loaded is not None and run_input is not None
         run_id = runtime.create_run(loaded, run_input, dry_run=dry_run, no_cache=no_cache)
@@ -185,7 +189,11 @@ def _execute(
         runtime.listen(live.update)
 
     async def main() -> str:
-        _drain_on_signals(runtime, grace, "the run", say=(lambda msg: setattr(live, "notice", msg)) if live else None)
+            if last_words is not None:
+                last_words()
+        loop_of.append(asyncio.get_running_loop())
+        say = (lambda msg: setattr(live, "notice", msg)) if live else None
+        _drain_on_signals(runtime, grace, "the run", say=say, last_words=last_words)
         return (await runtime.execute(run_id, loaded, rerun=rerun, strict=strict)).state
 
     began = time.monotonic()
@@ -237,6 +245,28 @@ def _report(run: Any, state: str, took: float) -> None:
         err.print(f"paused; continue with: statepipe resume {run.id}")
     else:
         err.print(f"run {run.id} is {state}")
+    changed_code: list[str] = []  # said after the display is gone: a resume re-running edited steps
+
+    def on_code_changed(events: list[Any]) -> None:
+        changed_code.extend(
+            f"code changed since the run recorded it: {', '.join(e.data.get('steps') or [])} re-run with what depends on them"
+            for e in events if e.type == "code_changed"
+        )
+
+    runtime.listen(on_code_changed)
+
+    loop_of: list[Any] = []
+
+    def stop_now() -> None:
+        """From the views' thread: start nothing new and stop running steps; resumable."""
+        if loop_of:
+            loop_of[0].call_soon_threadsafe(lambda: (runtime.stop(), runtime.interrupt()))
+
+    def last_words() -> None:
+        if live is not None:
+            live.__exit__(None, None, None)  # the cursor shown again, the last frame kept
+        err.print(f"interrupted; the run is resumable: statepipe resume {run_id}", markup=False)
+
 
 
 @app.command()
@@ -254,7 +284,11 @@ def run(
 
     run_input = parse_inputs(inputs, input_file)
     loaded = load(workflow)  # a bad workflow is reported before the database is touched
+    for line in changed_code:
+        err.print(line, markup=False)
     if not dry_run:
+    if state == "failed":
+        _report_failures(store.snapshot(run_id))
         _check_keys(loaded.workflow)
     loaded.workflow.check_input(run_input)
     store = _store()
@@ -276,6 +310,50 @@ def _check_keys(wf: Any) -> None:
     missing = missing_keys(wf.models)
     if missing:
         model, env = missing[0]
+def _report_failures(snap: Any) -> None:
+    """Where each failed step failed: the last line of its user traceback, or all of it with -v."""
+    for step in snap.steps:
+        if step.state != "failed" or not step.attempts:
+            continue
+        last = max(step.attempts, key=lambda a: a.number)
+        if last.traceback is None:
+            continue
+        label = f"{step.name}[{step.item}]" if step.item else step.name
+        if OPTS.verbose:
+            err.print(f"{label}, attempt {last.number}:\n{last.traceback}", markup=False, highlight=False)
+        else:
+            frames = [ln.strip() for ln in last.traceback.splitlines() if ln.strip().startswith("File ")]
+            if frames:
+                err.print(f"  {label}: {frames[-1]} (-v shows the traceback)", markup=False, highlight=False)
+
+
+def _input_error_types() -> set[str]:
+    """Names of InputError and its subclasses, the workflow's own included (it is loaded here)."""
+    names, todo = set(), [InputError]
+    while todo:
+        kind = todo.pop()
+        names.add(kind.__name__)
+        todo += kind.__subclasses__()
+    return names
+
+
+def _failure_hint(run: Any) -> str:
+    """The command that would help, read from the run's error (`step X failed: [item K failed: ]
+    message`): resume runs a failed step again as it was, which cannot mend a refused input or
+    a step that keeps killing its process."""
+    failure = re.match(r"step (\S+) failed: (?:item .+? failed: )*(.*)", run.error or "", re.DOTALL)
+    if failure is not None:
+        step, message = failure.groups()
+        if message.startswith("abandoned ") and " times in a row" in message:
+            return f"fix the cause, then run it again with: statepipe rerun {run.id} --from {step}"
+        kind, sep, detail = message.partition(": ")
+        if sep and kind in _input_error_types():
+            named = [k for k in run.input if re.search(rf"\b{re.escape(k)}\b", detail)]
+            key = named[0] if len(named) == 1 else "key"
+            return f"its input was refused; run it again with another value: statepipe rerun {run.id} --set {key}=..."
+    return f"retry the failed steps with: statepipe resume {run.id}"
+
+
         raise ConfigError(f"workflow {wf.name} calls {model}, which needs {env}; set it, or try it with --dry-run")
 
 
@@ -341,8 +419,8 @@ def list_runs(
         from statepipe.lifecycles import RUN_STATES
 
         for s in status:
-            if s not in RUN_STATES:
-                raise InputError(f"unknown state {s!r}; one of {', '.join(RUN_STATES)}")
+            if s not in (*RUN_STATES, "interrupted"):
+                raise InputError(f"unknown state {s!r}; one of {', '.join(RUN_STATES)}, interrupted")
     since_ts = parse_since(since)
     store = _store(max_size=1)
     runs = store.list_runs(states=status, workflow=workflow, since=since_ts, limit=limit)
@@ -359,7 +437,8 @@ def logs(
     after: Annotated[int, typer.Option("--after", help="Start after this sequence number.")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing live events until the run ends.")] = False,
 ) -> None:
-    """A run's events as JSONL. With --follow, exits when the run ends; the exit code says how."""
+    """A run's events as JSONL. With --follow, exits when the run ends; the exit code says how
+    (130: the run is interrupted, nobody executes it; --wait keeps following)."""
     from statepipe.store.store import channel
     from statepipe.views.jsonl import TERMINAL_EVENTS, event_line
 
@@ -426,6 +505,7 @@ def graph(
     wf = load(workflow).workflow
     sys.stdout.write((graph_mermaid(wf) if mermaid else graph_text(wf)) + "\n")
 
+    wait: Annotated[bool, typer.Option("--wait", help="With --follow: keep following an interrupted run until someone resumes it.")] = False,
 
 def _take_over(store: Any, runtime: Any, run_id: str) -> None:
     """A rerun needs the run at rest: a live owner is asked to pause at once (its running steps
@@ -461,6 +541,9 @@ def _show_plan(wf: Any, snap: Any, plan: Any) -> None:
         err.print(f"about {calls} LLM call(s)")
 
 
+                if not wait and _says_interrupted(store.get_run(full)):
+                    ended = "interrupted"
+                    break
 @app.command()
 def rerun(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
@@ -469,6 +552,16 @@ def rerun(
     sets: Annotated[list[str], typer.Option("--set", help="key=value changes the run input; step.param=value one step's input. Repeatable.")] = [],
     input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="A new run input (JSON object; - reads stdin).")] = None,
     feedback: Annotated[Optional[str], typer.Option("--feedback", help="Guidance for the re-run steps (ctx.feedback).")] = None,
+def _says_interrupted(run: Any) -> bool:
+    """Tell the reader of an interrupted run so on stderr (True), rather than wait in silence."""
+    if not run.interrupted:
+        return False
+    from statepipe.views.render import interrupted_note
+
+    err.print(f"run {run.id} is interrupted: {interrupted_note(run)} (logs --follow --wait keeps following)", markup=False)
+    return True
+
+
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the rerun event.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse if a step's code changed.")] = False,
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from statepipe.store.records import Event, RunRow, iso, json_text
@@ -114,18 +115,52 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class StdoutEvents:
-    """One JSON event per line on stdout, for `statepipe run ... | jq`."""
+    """One JSON event per line on stdout, for `statepipe run ... | jq`. When the reader goes
+    away (`| head -3`), `on_closed` is called once: nobody reads what the run does any more."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_closed: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self._on_closed = on_closed
+        self._closed = False
 
     def write(self, events: list[Event]) -> None:
         with self._lock:
+            if self._closed:
+                return
             try:
                 sys.stdout.write("".join(event_line(e) + "\n" for e in events))
                 sys.stdout.flush()
-            except BrokenPipeError:  # the reader went away (| head): the run goes on regardless
-                pass
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        # what is still buffered would fail again at exit, with Python's own traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        if self._on_closed is not None:
+            self._on_closed()
+
+    def watch(self) -> None:
+        """Notice a pipe's reader leaving while nothing is written (a step quiet for minutes):
+        poll() reports an error on a pipe whose other end closed. Other outputs never do."""
+        import select
+        import stat
+
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(select, "poll"):
+            return
+
+        def wait() -> None:
+            poller = select.poll()
+            poller.register(fd, 0)  # errors and hang-ups only: they are always reported
+            poller.poll()
+            with self._lock:
+                if not self._closed:
+                    self._close()
+
+        threading.Thread(target=wait, name="statepipe-stdout-watch", daemon=True).start()
 
 
 def result_line(run: RunRow, result: Any) -> str:
@@ -140,7 +175,7 @@ def result_line(run: RunRow, result: Any) -> str:
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
-        "duration_s": run.duration,
+        "duration_s": run.executing_s,
     })
 
 

@@ -94,10 +94,23 @@ def _pretty(value: Any, full: bool) -> str:
 _HIGHLIGHT = JSONHighlighter()
 
 
-def _json(value: Any, full: bool) -> Text:
-    """Colours by rich's regex highlighter: a lexer (rich.syntax, with pygments) cost inspect a
-    tenth of its time in imports and rendering."""
-    return _HIGHLIGHT(Text(_pretty(value, full)))
+def _value(value: Any, width: int, limit: int, full: bool) -> list[RenderableType]:
+    """A value in `width` cells: whole with `full`, else in at most `limit` lines cut by its
+    structure (layout.value_lines), ending with a line that says what was left out."""
+    if full:
+        return [_HIGHLIGHT(Text(_pretty(value)))]
+    lines, left_out = value_lines(value, width, limit)
+    shown: list[RenderableType] = [_HIGHLIGHT(Text(line, no_wrap=True, overflow="ellipsis")) for line in lines]
+    if left_out:
+        shown.append(Text(f"… ({left_out}; --full shows all)", style="dim"))
+    return shown
+
+
+def interrupted_note(run: RunRow) -> str:
+    """What an interrupted run's reader needs: since when nobody executes it, and the way on."""
+    since = run.stopped_at
+    ago = f" {format_duration((utcnow() - since).total_seconds())} ago" if since else ""
+    return f"owner stopped{ago} · continue: statepipe resume {run.id[:8]}"
 
 
 def _state(state: str) -> Text:
@@ -111,11 +124,13 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
     head.add_column()
     head.add_row("run", Text(run.id, style="bold"))
     head.add_row("workflow", run.workflow)
-    head.add_row("state", _state(run.state))
+    head.add_row("state", _state(run.shown_state))
+    if run.interrupted:
+        head.add_row("", Text(interrupted_note(run), style="yellow"))
     head.add_row("created", format_time(run.created_at))
     head.add_row("started", format_time(run.started_at))
     head.add_row("finished", format_time(run.finished_at))
-    head.add_row("duration", format_duration(run.duration))
+    head.add_row("duration", f"{format_duration(run.executing_s)} executing · {format_duration(run.age_s)} since created")
     head.add_row("steps", f"{run.steps_done}/{run.steps_total} done")
     if run.tokens is not None:
         head.add_row("llm", f"{run.tokens} tokens · {format_cost(run.cost_usd, run.dry_run)}" + (" (simulated model: --dry-run)" if run.dry_run else ""))
@@ -205,8 +220,8 @@ def list_table(runs: list[RunRow]) -> Table:
         table.add_column(col, no_wrap=True, justify="right" if col == "cost" else "left")
     for r in runs:
         table.add_row(
-            r.id[:8], r.workflow, _state(r.state), format_time(r.started_at or r.created_at),
-            format_duration(r.duration), f"{r.steps_done}/{r.steps_total}", format_cost(r.cost_usd, r.dry_run and r.tokens is not None),
+            r.id[:8], r.workflow, _state(r.shown_state), format_time(r.started_at or r.created_at),
+            format_duration(r.executing_s), f"{r.steps_done}/{r.steps_total}", format_cost(r.cost_usd, r.dry_run and r.tokens is not None),
         )
     return table
 
