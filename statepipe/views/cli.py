@@ -423,7 +423,7 @@ def list_runs(
                 raise InputError(f"unknown state {s!r}; one of {', '.join(RUN_STATES)}, interrupted")
     since_ts = parse_since(since)
     store = _store(max_size=1)
-    runs = store.list_runs(states=status, workflow=workflow, since=since_ts, limit=limit)
+    runs = store.list_runs(states=status, workflow=workflow, since=since_ts, limit=limit, batch_id=batch)
     if as_json:
         results = store.results([r.id for r in runs])
         _emit_json([r.as_json(results.get(r.id)) for r in runs])
@@ -463,6 +463,7 @@ def logs(
 
     try:
         if not follow:
+    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Only runs of this batch (its id, as `batch` prints it).")] = None,
             drain(after)
             return
         with store.listening(channel(full)) as conn:
@@ -924,3 +925,35 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    if counts["succeeded"] < plan.total:
+        _batch_failures(store, bid, plan.total)
+    err.print(
+        f"batch {bid}: {counts['succeeded']} of {plan.total} succeeded"
+        + (f", {counts['failed']} failed" if counts["failed"] else "")
+        + (f", {counts['cancelled']} cancelled" if counts["cancelled"] else "")
+        + (f", {unfinished} unfinished" if unfinished else "")
+        + f" in {elapsed:.1f}s"
+        + ("" if counts["succeeded"] == plan.total else f"; see: statepipe list --batch {bid}"),
+        markup=False, highlight=False,
+    )
+def _batch_failures(store: Any, batch_id: str, total: int, shown: int = 20) -> None:
+    """Which inputs did not succeed: their line, run and error, the first `shown` of them."""
+    from rich.table import Table
+
+    from statepipe.views.style import STATE_STYLE
+
+    runs = [r for r in store.list_runs(batch_id=batch_id, limit=total) if r.shown_state != "succeeded"]
+    runs.sort(key=lambda r: r.batch_index or 0)
+    table = Table(title="did not succeed", title_justify="left")
+    table.add_column("input", justify="right", no_wrap=True)
+    table.add_column("run", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for r in runs[:shown]:
+        state = r.shown_state
+        table.add_row(f"#{(r.batch_index or 0) + 1}", r.id[:8], f"[{STATE_STYLE.get(state, '')}]{state}[/]", (r.error or "").splitlines()[0] if r.error else "")
+    err.print(table)
+    if len(runs) > shown:
+        err.print(f"… and {len(runs) - shown} more", markup=False)
+
+
