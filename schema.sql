@@ -187,7 +187,9 @@ BEGIN
             RAISE EXCEPTION 'lease lost on run %', v_id USING ERRCODE = 'SP001';
         END IF;
     END IF;
-    PERFORM pg_notify('statepipe_' || replace(t.id, '-', ''), t.last::text) FROM unnest(ids, lasts) AS t(id, last);
+    -- v6: one channel for every run ("<run id>:<last seq>"), so a server's one LISTEN serves all
+    -- its streams; store.EVENTS_CHANNEL
+    PERFORM pg_notify('statepipe_events', t.id || ':' || t.last::text) FROM unnest(ids, lasts) AS t(id, last);
     IF p ? 'events' THEN
         INSERT INTO statepipe.events (run_id, seq, ts, type, step, item, attempt, data)
         SELECT ids[e.b], lasts[e.b] - counts[e.b] + e.pos, e.ts, e.type, e.step, e.item, e.attempt,

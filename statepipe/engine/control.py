@@ -16,7 +16,7 @@ from statepipe.engine.runtime import Runtime
 from statepipe.errors import ConflictError
 from statepipe.lifecycles import RUN_FINISHED, run_lifecycle
 from statepipe.store.records import Change, NewEvent, RunRow, RunWrite, utcnow
-from statepipe.store.store import channel
+from statepipe.store.store import EVENTS_CHANNEL, wait_for_events
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _await_owner(runtime: Runtime, run_id: str, target: str, wait: float) -> str
     """Wait for the owner to reach `target`; None when it died meanwhile (we take over)."""
     store = runtime.store
     deadline = time.monotonic() + wait
-    with store.listening(channel(run_id)) as conn:
+    with store.listening(EVENTS_CHANNEL) as conn:
         while True:
             run = store.get_run(run_id)
             if run.state == target or run.state in RUN_FINISHED:
@@ -69,8 +69,7 @@ def _await_owner(runtime: Runtime, run_id: str, target: str, wait: float) -> str
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return run.state
-            for _ in conn.notifies(timeout=min(1.0, remaining), stop_after=1):
-                pass
+            wait_for_events(conn, run_id, min(1.0, remaining))
 
 
 def resume_detached(runtime: Runtime, run_id: str) -> Changed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import select
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -64,9 +65,24 @@ CONTROL_CHANNEL = "statepipe_control"  # payload "<run_id>:<request>": wakes the
 RUNNABLE_CHANNEL = "statepipe_runnable"  # payload run id: a run wants an executor
 
 
-def channel(run_id: str) -> str:
-    """The per-run channel statepipe.commit_changes notifies (payload: the last seq)."""
-    return "statepipe_" + run_id.replace("-", "")
+EVENTS_CHANNEL = "statepipe_events"  # statepipe.commit_changes: "<run id>:<last seq>" per run per commit
+
+
+def notified(payload: str) -> tuple[str, int]:
+    """The run and its last seq from an EVENTS_CHANNEL payload."""
+    run_id, _, seq = payload.rpartition(":")
+    return run_id, int(seq)
+
+
+def wait_for_events(conn: psycopg.Connection[Any], run_id: str, timeout: float) -> bool:
+    """On a connection LISTENing on EVENTS_CHANNEL, wait up to `timeout` seconds for a commit
+    of `run_id` (another run's are passed over); whether one came."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for note in conn.notifies(timeout=left, stop_after=1):
+            if notified(note.payload)[0] == run_id:
+                return True
+    return False
 
 
 _RUN_COLUMNS = """

@@ -54,7 +54,6 @@ class Options:
 
 
 OPTS = Options()
-EVENTS_PER_READ = 5000  # `logs` reads the event log in pages this long
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -439,44 +438,18 @@ def logs(
 ) -> None:
     """A run's events as JSONL. With --follow, exits when the run ends; the exit code says how
     (130: the run is interrupted, nobody executes it; --wait keeps following)."""
-    from statepipe.store.store import channel
-    from statepipe.views.jsonl import TERMINAL_EVENTS, event_line
+    from statepipe.client.events import Follow
+    from statepipe.views.jsonl import event_line
 
     store = _store(max_size=1)
     full = store.resolve_run_id(run_id)
-    write = sys.stdout.write
-
-    def drain(last: int) -> tuple[int, str | None]:
-        ended = None
-        while True:
-            batch = store.events_after(full, last, EVENTS_PER_READ)
-            for e in batch:
-                write(event_line(e) + "\n")
-                ended = TERMINAL_EVENTS.get(e.type, ended)
-                if e.type in ("run_started", "run_resumed"):
-                    ended = None
-            if batch:
-                last = batch[-1].seq
-                sys.stdout.flush()
-            if len(batch) < EVENTS_PER_READ:
-                return last, ended
-
+    reading = Follow(store, full, after, follow=follow, wait=wait, on_interrupted=_say_interrupted)
     try:
-        if not follow:
-    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Only runs of this batch (its id, as `batch` prints it).")] = None,
-            drain(after)
-            return
-        with store.listening(channel(full)) as conn:
-            last, ended = drain(after)
-            if ended is None:
-                run = store.get_run(full)
-                if run.state in TERMINAL_EVENTS.values() and run.last_seq <= last:
-                    ended = run.state
-            while ended is None:
-                for _ in conn.notifies(timeout=5.0, stop_after=1):
-                    pass
-                last, ended = drain(last)
-        raise typer.Exit(OUTCOME_EXIT[ended])
+        for batch in reading:
+            sys.stdout.write("".join(event_line(e) + "\n" for e in batch))
+            sys.stdout.flush()
+        if follow:
+            raise typer.Exit(OUTCOME_EXIT[reading.ended or "interrupted"])
     except BrokenPipeError:
         sys.stderr.close()  # the reader left; nothing to report
 
@@ -551,6 +524,13 @@ def rerun(
     from_steps: Annotated[list[str], typer.Option("--from", help="Run this step and everything downstream again. Repeatable.")] = [],
     items: Annotated[list[str], typer.Option("--item", help="With one fan-out --from step: only this item (and what follows). Repeatable.")] = [],
     sets: Annotated[list[str], typer.Option("--set", help="key=value changes the run input; step.param=value one step's input. Repeatable.")] = [],
+def _say_interrupted(run: Any) -> None:
+    """Tell the reader of an interrupted run so on stderr, rather than wait in silence."""
+    from statepipe.views.render import interrupted_note
+
+    err.print(f"run {run.id} is interrupted: {interrupted_note(run)} (logs --follow --wait keeps following)", markup=False)
+
+
     input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="A new run input (JSON object; - reads stdin).")] = None,
     feedback: Annotated[Optional[str], typer.Option("--feedback", help="Guidance for the re-run steps (ctx.feedback).")] = None,
 def _says_interrupted(run: Any) -> bool:

@@ -13,13 +13,13 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from statepipe.client.events import TERMINAL_EVENTS
 from statepipe.store.records import Event, RunRow, iso, json_text
 
 if TYPE_CHECKING:  # annotations only: `logs` and `inspect` should not import the engine
     from statepipe.engine.runtime import Outcome
     from statepipe.store.store import Store
 
-TERMINAL_EVENTS = {"run_succeeded": "succeeded", "run_failed": "failed", "run_cancelled": "cancelled"}
 RESTING_EVENTS = {*TERMINAL_EVENTS, "run_paused"}  # after these this process writes no more for the run
 
 
