@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,3 +297,67 @@ def all_events(store: Store, run_id: str) -> list[Any]:
 def step_of(snap: Any, name: str, item: str = "") -> Any:
     """One step row (a fan-out child with `item`) of a snapshot."""
     return next(s for s in snap.steps if s.name == name and s.item == item and s.compensates is None)
+
+
+# -- the HTTP server (issue 16) ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A real `statepipe serve` in a subprocess on a free local port; `restart()` starts it again
+    on the same port (after a kill -9, say)."""
+
+    def __init__(self, cli: CLI, *args: str, **env: str) -> None:
+        self.cli, self.args, self.env = cli, args, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Server:
+        import httpx
+
+        self.proc = subprocess.Popen(
+            self.cli.argv("serve", "--port", str(self.port), *self.args), cwd=REPO, env=cli_env(**self.env),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"statepipe serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("statepipe serve did not answer in 30 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def restart(self) -> Server:
+        self.stop(signal.SIGKILL)
+        return self.start()
+
+
+@pytest.fixture
+def server(cli: CLI) -> Iterator[Server]:
+    """`statepipe serve` with its worker, against this test's database."""
+    srv = Server(cli).start()
+    yield srv
+    srv.stop()

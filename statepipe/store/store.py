@@ -170,6 +170,15 @@ class Store:
         with self._tx() as conn:
             return _run_row(conn, run_id)
 
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        """Several runs by id, newest first (unknown ids are left out)."""
+        with self._tx() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_RUN_COLUMNS} FROM statepipe.runs r WHERE r.id = ANY(%s) ORDER BY r.created_at DESC",
+                (list(run_ids),),
+            ).fetchall()
+        return [RunRow(**r) for r in rows]
+
     def list_runs(
         self,
         *,
@@ -393,6 +402,42 @@ class Store:
             ).fetchone()
         assert claimed is not None  # the row is locked above: it cannot have gone
         return int(claimed[0])
+
+    def claim_orphans(self, request: ClaimRequest, host: str, owner_is_dead: Callable[[str], bool]) -> list[tuple[str, int]]:
+        """Claim, as `request` would but for their live lease, up to `request.limit` runs held by
+        an owner on `host` (this machine) that `owner_is_dead` judges gone: a worker takes them
+        at once, as `resume` does, instead of after the lease. Judged first without locks, then
+        again under the row lock, as in `claim`, so of two claimants that both saw a dead owner
+        only one wins; rows another transaction holds are passed over. Returns each claimed run's
+        id and new fencing token."""
+        where = (
+            "state IN ('pending', 'running') AND starts_with(owner, %(host)s) AND owner <> %(owner)s"
+            " AND lease_expires_at >= now() AND (%(workflows)s::text[] IS NULL OR workflow = ANY (%(workflows)s::text[]))"
+            " AND (%(batch)s::text IS NULL OR batch_id = %(batch)s) AND id <> ALL (%(skip)s::text[])"
+        )
+        params = {
+            "host": host + ":", "owner": request.owner, "batch": request.batch_id, "skip": list(request.skip),
+            "workflows": list(request.workflows) if request.workflows else None,
+        }
+        with self._tx() as conn:
+            held = conn.execute(f"SELECT id, owner FROM statepipe.runs WHERE {where}", params).fetchall()
+            verdicts = {owner: owner_is_dead(owner) for _, owner in held}  # one look at each owner's pid
+            orphans = [run_id for run_id, owner in held if verdicts[owner]][: request.limit]
+            if not orphans:
+                return []
+            with conn.transaction():
+                locked = conn.execute(
+                    f"SELECT id, owner FROM statepipe.runs WHERE id = ANY (%(ids)s) AND {where} FOR UPDATE SKIP LOCKED",
+                    {**params, "ids": orphans},
+                ).fetchall()
+                dead = [run_id for run_id, owner in locked if owner_is_dead(owner)]
+                claimed = conn.execute(
+                    "UPDATE statepipe.runs SET owner = %s, lease_expires_at = now() + %s, fencing_token = fencing_token + 1,"
+                    " active_s = active_s + statepipe.lost_interval(resumed_at, updated_at, lease_expires_at, %s),"
+                    " resumed_at = NULL WHERE id = ANY (%s) RETURNING id, fencing_token",
+                    (request.owner, timedelta(seconds=request.ttl), request.ttl, dead),
+                ).fetchall()
+        return [(str(run_id), int(fence)) for run_id, fence in claimed]
 
     def claim_next(self, request: ClaimRequest) -> list[Claim]:
         """Claim runs in a transaction of their own (statepipe.claim_runs); a worker with commits

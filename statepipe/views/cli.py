@@ -852,6 +852,35 @@ def batch(
         p.join()
     elapsed = time.monotonic() - began
     if jsonl:  # every run's row and result: read only when asked for
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback a --token is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Also execute runs, as `statepipe worker` does.")] = True,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs the server's worker executes at once.")] = 4,
+    token: Annotated[Optional[str], typer.Option(envvar="STATEPIPE_SERVE_TOKEN", help="Bearer token clients must send (required off loopback).", show_default=False)] = None,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish on SIGTERM/SIGINT.")] = 30.0,
+) -> None:
+    """Serve the HTTP API (docs at /docs), resumable event streams and the live dashboard."""
+    if host not in LOOPBACK and not token:
+        raise InputError(f"serving on {host} opens statepipe to other machines: give --token (or STATEPIPE_SERVE_TOKEN)")
+    import uvicorn
+
+    from statepipe.views.web.app import ServeConfig, create_app
+
+    app_ = create_app(ServeConfig(
+        database_url=config.database_url(OPTS.database_url), output_dir=config.output_dir(OPTS.output_dir),
+        worker=worker, concurrency=concurrency, grace=grace, token=token,
+    ))
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", lifespan="on"))
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"statepipe serving http://{shown}:{port}  (API docs: /docs" + ("; worker on" if worker else "") + ")", markup=False)
+    server.run()
+
+
         runs = store.batch_runs(bid)
         results = store.results([r.id for r in runs.values()])
         for index in sorted(runs):

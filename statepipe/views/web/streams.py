@@ -1,0 +1,145 @@
+"""A run's events over HTTP, resumable: Server-Sent Events (each event's `id:` is its seq, so a
+browser's EventSource reconnects with Last-Event-ID and misses nothing) or NDJSON (the lines of
+`statepipe logs`); and the stream of changed runs the dashboard's list follows.
+
+The rules are client.events's (which event ends a run, when a run is interrupted); the waiting is
+the bus's (one LISTEN for the whole server). A run stream ends with the run: an `end` event
+says how. A run nobody executes gets one `interrupted` event and the stream stays open, since a
+worker may take it up; the client decides."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sse_starlette.sse import EventSourceResponse
+
+from statepipe.client.events import PAGE, RECHECK_S, ending, finished_state
+from statepipe.views.jsonl import event_line
+from statepipe.views.web.bus import Bus
+
+router = APIRouter(tags=["streams"])
+PING_S = 15  # an SSE comment this often keeps proxies from closing a quiet stream
+NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+NDJSON = "application/x-ndjson"
+
+
+async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIterator[tuple[str, Any]]:
+    """("events", [Event, ...]) as they come, ("interrupted", run document) once when nobody
+    executes the run, then ("end", state) when it ends, or at once without `follow`."""
+    store = bus.store
+    last, ended = after, None
+    feed = await bus.subscribe(run_id) if follow else None
+    told_interrupted = False
+    try:
+        while True:
+            changed = feed.changed if feed is not None else None
+            batch = feed.after(last) if feed is not None else None
+            if batch is None:  # behind the live window (or not following): the database
+                batch = await asyncio.to_thread(store.events_after, run_id, last, PAGE)
+            if batch:
+                last = batch[-1].seq
+                ended = ending(batch, ended)
+                yield "events", batch
+                if ended is not None and feed is not None and not feed.after(last):
+                    break
+                continue
+            run = await asyncio.to_thread(store.get_run, run_id)
+            ended = ended or finished_state(run, last)
+            if ended is not None or feed is None or changed is None:
+                break
+            if run.interrupted and run.last_seq <= last and not told_interrupted:
+                told_interrupted = True
+                yield "interrupted", run.as_json()
+            elif not run.interrupted:
+                told_interrupted = False
+            try:
+                await asyncio.wait_for(changed.wait(), RECHECK_S)
+            except TimeoutError:
+                pass
+        yield "end", ended or (await asyncio.to_thread(store.get_run, run_id)).shown_state
+    finally:
+        if feed is not None:
+            bus.unsubscribe(run_id, feed)
+
+
+def _start(after: int | None, last_event_id: str | None) -> int:
+    """Where a stream starts: after Last-Event-ID (a reconnecting EventSource), else `after`."""
+    if last_event_id and last_event_id.strip().isdigit():
+        return int(last_event_id.strip())
+    return after or 0
+
+
+def _sse(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[dict[str, str]]:
+    async def frames() -> AsyncIterator[dict[str, str]]:
+        async for kind, value in items:
+            if kind == "events":
+                for e in value:
+                    yield {"id": str(e.seq), "event": "message", "data": event_line(e)}
+            else:
+                yield {"event": kind, "data": json.dumps({"state": value} if kind == "end" else value)}
+
+    return frames()
+
+
+def _ndjson(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[str]:
+    async def lines() -> AsyncIterator[str]:
+        async for kind, value in items:
+            if kind == "events":
+                yield "".join(event_line(e) + "\n" for e in value)
+
+    return lines()
+
+
+@router.get(
+    "/api/runs/{run_id}/events",
+    summary="A run's events as Server-Sent Events or NDJSON, resumable by seq",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}, NDJSON: {}}}},
+)
+async def run_events(
+    request: Request,
+    run_id: str,
+    after: Annotated[int | None, Query(ge=0, description="Start after this seq (Last-Event-ID wins).")] = None,
+    follow: Annotated[bool, Query(description="Keep streaming live events until the run ends.")] = True,
+    format: Annotated[str | None, Query(pattern="^(sse|ndjson)$", description="sse (default) or ndjson; or send Accept.")] = None,
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Each SSE event's `id` is its seq and its data the event's JSON line (as `statepipe logs`
+    prints it); reconnect with `Last-Event-ID` (or `?after=SEQ`) and you receive exactly the
+    events after it, then the live tail. An `interrupted` event says nobody executes the run
+    (the stream stays open); an `end` event, `{"state": ...}`, closes it."""
+    bus: Bus = request.app.state.bus
+    full = await asyncio.to_thread(bus.store.resolve_run_id, run_id)
+    items = follow_run(bus, full, _start(after, last_event_id), follow)
+    if format == "ndjson" or (format is None and NDJSON in (accept or "")):
+        return StreamingResponse(_ndjson(items), media_type=NDJSON, headers=NO_BUFFERING)
+    return EventSourceResponse(_sse(items), ping=PING_S, headers=NO_BUFFERING)
+
+
+@router.get("/api/events", summary="Every run's changes, for a live list of runs", response_class=StreamingResponse)
+async def runs_events(request: Request) -> Any:
+    """Server-Sent Events named `run`, each the run's document as in `GET /api/runs` (without
+    its result), whenever it changes; at most five a second per run. Not resumable: after a
+    reconnect, read the list again."""
+    bus: Bus = request.app.state.bus
+
+    async def frames() -> AsyncIterator[dict[str, str]]:
+        feed = bus.watch_runs()
+        seen = feed.version
+        try:
+            while True:
+                changed = feed.changed
+                for version, doc in feed.after(seen):
+                    seen = version
+                    yield {"event": "run", "data": json.dumps(doc, default=str)}
+                await changed.wait()
+        finally:
+            bus.unwatch_runs(feed)
+
+    return EventSourceResponse(frames(), ping=PING_S, headers=NO_BUFFERING)
