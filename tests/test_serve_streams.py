@@ -107,3 +107,52 @@ def test_streams_survive_a_kill_9_of_the_server_and_a_reconnect_misses_nothing(c
                     continue
                 seen.append(json.loads(sse.data))
     assert seen == _stored(cli, run_id)
+
+
+def _connections(db_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_200_concurrent_stream_clients_all_get_every_event_over_a_bounded_number_of_connections(cli, server, db_url):
+    import asyncio
+
+    from httpx_sse import aconnect_sse
+
+    run_id = _start(cli, "pause=2", "items=3")
+    clients = 200
+    peak = 0
+
+    async def one(client: httpx.AsyncClient, opened: asyncio.Event) -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        async with aconnect_sse(client, "GET", f"{server.url}/api/runs/{run_id}/events") as source:
+            opened.set()
+            async for sse in source.aiter_sse():
+                if sse.event == "end":
+                    return got
+                if sse.data and sse.event == "message":
+                    got.append(json.loads(sse.data))
+        raise AssertionError("the stream closed without an end event")
+
+    async def main() -> list[list[dict[str, Any]]]:
+        nonlocal peak
+        limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            opened = [asyncio.Event() for _ in range(clients)]
+            tasks = [asyncio.create_task(one(client, o)) for o in opened]
+            await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 60)
+            while not all(t.done() for t in tasks):  # every client connected: count the server's connections
+                peak = max(peak, await asyncio.to_thread(_connections, db_url))
+                await asyncio.sleep(0.5)
+            return [t.result() for t in tasks]
+
+    results = asyncio.run(main())
+    stored = _stored(cli, run_id)
+    assert all(r == stored for r in results)
+    print(f"{clients} clients; the server held at most {peak} database connections")
+    assert 0 < peak <= 20  # the pool, the one LISTEN, the worker's: not one per client
