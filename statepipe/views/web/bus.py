@@ -10,6 +10,7 @@ until it catches up. The list of runs has its own feed of changed runs (`runs_ch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import psycopg
 
 from statepipe.store.records import Event
 from statepipe.store.store import EVENTS_CHANNEL, RUNNABLE_CHANNEL, Store, notified
+from statepipe.views.jsonl import event_line
 
 log = logging.getLogger("statepipe.web")
 
@@ -27,24 +29,33 @@ LIST_EVERY_S = 0.2  # the list of runs is refreshed at most this often
 RECONNECT_S = (0.2, 0.5, 1.0, 2.0)
 
 
+Line = tuple[Event, str]  # an event and its JSON line (views.jsonl.event_line), encoded once
+
+
+def lines_of(events: list[Event]) -> list[Line]:
+    return [(e, event_line(e)) for e in events]
+
+
 class Feed:
-    """A run's live tail. `changed` is replaced (the old one set) each time events arrive."""
+    """A run's live tail, each event with its JSON line, encoded once for all its clients.
+    `changed` is replaced (the old one set) each time events arrive."""
 
     def __init__(self, last: int) -> None:
-        self.events: deque[Event] = deque(maxlen=WINDOW)
+        self.events: deque[Line] = deque(maxlen=WINDOW)
         self.last = last  # the newest seq read (or, before any, the run's last seq when opened)
         self.wanted = last  # the newest seq a notice told of
         self.changed = asyncio.Event()
         self.clients = 0
         self.fetching = False
 
-    def after(self, seq: int) -> list[Event] | None:
+    def after(self, seq: int) -> list[Line] | None:
         """Events after `seq` from the window: [] when caught up, None when it does not reach
         back that far (the caller reads the database)."""
         if seq >= self.last:
             return []
-        if self.events and self.events[0].seq <= seq + 1:
-            return [e for e in self.events if e.seq > seq]
+        if self.events and self.events[0][0].seq <= seq + 1:
+            first = seq + 1 - self.events[0][0].seq  # the window's seqs are consecutive
+            return list(itertools.islice(self.events, first, None))
         return None
 
     def signal(self) -> None:
@@ -129,7 +140,7 @@ class Bus:
                 batch = await asyncio.to_thread(self.store.events_after, run_id, feed.last, WINDOW)
                 if not batch:
                     break
-                feed.events.extend(batch)
+                feed.events.extend(await asyncio.to_thread(lines_of, batch))
                 feed.last = batch[-1].seq
                 feed.wanted = max(feed.wanted, feed.last)
                 feed.signal()

@@ -19,8 +19,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 
 from statepipe.client.events import PAGE, RECHECK_S, ending, finished_state
-from statepipe.views.jsonl import event_line
-from statepipe.views.web.bus import Bus
+from statepipe.views.web.bus import Bus, Line, lines_of
 
 router = APIRouter(tags=["streams"])
 PING_S = 15  # an SSE comment this often keeps proxies from closing a quiet stream
@@ -29,7 +28,7 @@ NDJSON = "application/x-ndjson"
 
 
 async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIterator[tuple[str, Any]]:
-    """("events", [Event, ...]) as they come, ("interrupted", run document) once when nobody
+    """("events", [(Event, its JSON line), ...]) as they come, ("interrupted", run document) once when nobody
     executes the run, then ("end", state) when it ends, or at once without `follow`."""
     store = bus.store
     last, ended = after, None
@@ -40,10 +39,10 @@ async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIt
             changed = feed.changed if feed is not None else None
             batch = feed.after(last) if feed is not None else None
             if batch is None:  # behind the live window (or not following): the database
-                batch = await asyncio.to_thread(store.events_after, run_id, last, PAGE)
+                batch = await asyncio.to_thread(_read_lines, store, run_id, last)
             if batch:
-                last = batch[-1].seq
-                ended = ending(batch, ended)
+                last = batch[-1][0].seq
+                ended = ending([e for e, _ in batch], ended)
                 yield "events", batch
                 if ended is not None and feed is not None and not feed.after(last):
                     break
@@ -67,6 +66,10 @@ async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIt
             bus.unsubscribe(run_id, feed)
 
 
+def _read_lines(store: Any, run_id: str, after: int) -> list[Line]:
+    return lines_of(store.events_after(run_id, after, PAGE))
+
+
 def _start(after: int | None, last_event_id: str | None) -> int:
     """Where a stream starts: after Last-Event-ID (a reconnecting EventSource), else `after`."""
     if last_event_id and last_event_id.strip().isdigit():
@@ -74,12 +77,13 @@ def _start(after: int | None, last_event_id: str | None) -> int:
     return after or 0
 
 
-def _sse(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[dict[str, str]]:
-    async def frames() -> AsyncIterator[dict[str, str]]:
+def _sse(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes | dict[str, str]]:
+    """Events as SSE frames, a batch in one write (sse-starlette sends bytes as they are)."""
+
+    async def frames() -> AsyncIterator[bytes | dict[str, str]]:
         async for kind, value in items:
             if kind == "events":
-                for e in value:
-                    yield {"id": str(e.seq), "event": "message", "data": event_line(e)}
+                yield "".join(f"id: {e.seq}\nevent: message\ndata: {line}\n\n" for e, line in value).encode()
             else:
                 yield {"event": kind, "data": json.dumps({"state": value} if kind == "end" else value)}
 
@@ -90,7 +94,7 @@ def _ndjson(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[str]:
     async def lines() -> AsyncIterator[str]:
         async for kind, value in items:
             if kind == "events":
-                yield "".join(event_line(e) + "\n" for e in value)
+                yield "".join(line + "\n" for _, line in value)
 
     return lines()
 

@@ -1,0 +1,131 @@
+"""Event latency of `statepipe serve`: from a transition's commit to its arrival at SSE clients,
+with 1, 50 and 200 clients following the same run (issue 16: p95 under 100 ms at 200 clients).
+
+A chain of 40 steps (bench/workflows/ticker.py) runs in the server's own worker; every
+client follows its events over SSE. A transition's `ts` is stamped just before its commit (the
+engine commits transitions at once), so latency = arrival - ts on this machine's clock, over the
+step_started/step_succeeded events (80 a run) committed after the client was connected.
+
+    python bench/serve_events.py                     # embedded PostgreSQL (or STATEPIPE_DATABASE_URL)
+    python bench/serve_events.py --clients 1,50,200
+
+It works in its own database (statepipe_bench_serve, dropped and re-created)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+from httpx_sse import aconnect_sse
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "statepipe_bench_serve"
+TICKER = ROOT / "bench" / "workflows" / "ticker.py"
+
+
+def _database(url: str | None) -> str:
+    from statepipe.store.database import resolve_url
+
+    admin = resolve_url(url)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
+    params = psycopg.conninfo.conninfo_to_dict(admin)
+    params["dbname"] = BENCH_DB
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _follow(client: httpx.AsyncClient, url: str, ready: asyncio.Event, lags: list[float]) -> None:
+    async with aconnect_sse(client, "GET", url) as source:
+        ready.set()
+        since = time.time()  # events from before this client was connected are catch-up, not lag
+        async for sse in source.aiter_sse():
+            if sse.event == "end":
+                return
+            if sse.event != "message" or not sse.data:
+                continue
+            now = time.time()
+            e = json.loads(sse.data)
+            ts = datetime.fromisoformat(e["ts"]).timestamp()
+            if e["type"] in ("step_started", "step_succeeded") and ts > since:
+                lags.append(now - ts)
+
+
+async def _clients(url: str, clients: int) -> list[float]:
+    lags: list[float] = []
+    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        ready = [asyncio.Event() for _ in range(clients)]
+        await asyncio.gather(*(_follow(client, url, r, lags) for r in ready))
+    return lags
+
+
+def _process(url: str, clients: int) -> list[float]:
+    return asyncio.run(_clients(url, clients))
+
+
+def _round(base: str, env: dict[str, str], clients: int, procs: int) -> list[float]:
+    """One run followed by `clients` SSE clients spread over `procs` processes: in one process,
+    parsing 200 streams is itself the bottleneck of the measurement."""
+    created = subprocess.run(
+        [sys.executable, "-m", "statepipe", "run", str(TICKER), "--detach"], env=env, capture_output=True, text=True, check=True
+    )
+    url = f"{base}/api/runs/{created.stdout.strip().split()[-1]}/events"
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    with ProcessPoolExecutor(len([n for n in shares if n])) as pool:
+        parts = pool.map(_process, [url] * procs, [n for n in shares if n])
+        return [lag for part in parts for lag in part]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,50,200")
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--database-url", default=os.environ.get("STATEPIPE_DATABASE_URL"))
+    args = parser.parse_args()
+    url = _database(args.database_url)
+    env = {**os.environ, "STATEPIPE_DATABASE_URL": url}
+    port = _port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "statepipe", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        print("| clients | events received | p50 ms | p95 ms | max ms |")
+        print("|---|---|---|---|---|")
+        for n in [int(c) for c in args.clients.split(",")]:
+            lags = sorted(_round(base, env, n, min(args.procs, n)))
+            q = statistics.quantiles(lags, n=100)
+            print(f"| {n} | {len(lags)} | {q[49] * 1000:.1f} | {q[94] * 1000:.1f} | {lags[-1] * 1000:.1f} |", flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
