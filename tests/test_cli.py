@@ -281,8 +281,8 @@ def test_inspect_full_shows_long_values_whole(cli):
     run_id = _run(cli, workflow_path("echo"), "-i", f"text={'x' * 3000}")
     full = cli("inspect", run_id, "--full")
     assert full.returncode == 0
-    # the value appears whole (input, result and the step's output), whatever the wrapping
-    assert full.stdout.count("x") >= 3 * 3000
+    # the value appears whole in the input and the result (the step's line points to the result)
+    assert full.stdout.count("x") >= 2 * 3000
 
 
 # -- list ----------------------------------------------------------------------------------------

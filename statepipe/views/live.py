@@ -7,14 +7,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Self
 
-from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from statepipe.store.records import Event, RunSnapshot
+from statepipe.views.layout import ELLIPSIS, Cell, Column, Fitted, brief
 from statepipe.views.style import STATE_STYLE, format_duration
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -68,11 +69,11 @@ class LiveView:
             return parent
         return parent.children.setdefault(item, _Row(name, item))
 
-    def __enter__(self) -> LiveView:
+    def __enter__(self) -> Self:
         self._live.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._live.refresh()
         self._live.stop()
 
@@ -121,26 +122,35 @@ class LiveView:
             if lines:
                 row.line = lines[-1]
         elif e.type == "partial":
-            row.line = str(data.get("value"))[:200]
+            row.line = brief(data.get("value"), 200)
 
     # -- rendering --------------------------------------------------------------------------
 
-    def _cells(self, row: _Row, label: Text) -> list[RenderableType]:
+    def _cells(self, row: _Row, label: Text) -> list[Cell]:
         style = STATE_STYLE.get(row.state, "")
         state = Text(row.state, style=style)
         if row.state == "running":
             state = Text(f"{SPINNER[int(time.monotonic() * 10) % len(SPINNER)]} running", style=style)
         elapsed = row.elapsed if row.began is None else time.monotonic() - row.began
         line = row.line.replace("\n", " ")
-        if len(line) > 90:
-            line = "…" + line[-89:]
-        return [label, state, format_duration(elapsed), str(row.attempt or ""), Text(line, style="dim")]
+        return [label, state, format_duration(elapsed), str(row.attempt or ""), lambda width: _fit_line(line, width, row.began is not None)]
 
-    def __rich__(self) -> RenderableType:
+    def _head(self, run_id: str) -> Text:
+        return Text.assemble(
+            ("run ", "dim"), (run_id, "bold"), ("  ", ""), (self.workflow, "cyan"), ("  ", ""),
+            (self.run_state, STATE_STYLE.get(self.run_state, "")), ("  ", ""),
+            (format_duration(time.monotonic() - self.began), "dim"),
+            ("  [simulated model: --dry-run]" if self.dry_run else "", "bold magenta"),
+        )
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Narrow, the output column gives way first, then the run id shortens to 8 characters
+        (its whole form is on stderr); the step, state, time and attempt columns stay."""
         with self._lock:
-            table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
-            for col in ("step", "state", "time", "att", "output"):
-                table.add_column(col, no_wrap=True, overflow="ellipsis", style="bold" if col == "step" else None)
+            table = Fitted(
+                Column("step", style="bold"), Column("state"), Column("time", justify="right"), Column("att", justify="right"),
+                Column("output", flex=True, drop=1),
+            )
             for row in self.rows.values():
                 label = Text(row.name)
                 if row.children or row.items is not None:
@@ -152,12 +162,25 @@ class LiveView:
                     table.add_row(*self._cells(child, Text(f"  └ {child.item}")))
                 if len(shown) > MAX_CHILD_ROWS:
                     table.add_row(Text(f"  … {len(shown) - MAX_CHILD_ROWS} more", style="dim"), "", "", "", "")
-            head = Text.assemble(
-                ("run ", "dim"), (self.run_id, "bold"), ("  ", ""), (self.workflow, "cyan"), ("  ", ""),
-                (self.run_state, STATE_STYLE.get(self.run_state, "")), ("  ", ""),
-                (format_duration(time.monotonic() - self.began), "dim"),
-                ("  [simulated model: --dry-run]" if self.dry_run else "", "bold magenta"),
-            )
+            head = self._head(self.run_id)
+            if head.cell_len > options.max_width:
+                head = self._head(self.run_id[:8])
+            yield head
+            yield table
             if self.notice:
-                return Group(head, table, Text(self.notice, style="magenta"))
-            return Group(head, table)
+                yield Text(self.notice, style="magenta")
+
+
+def _fit_line(line: str, width: int, streaming: bool) -> Text:
+    """A running step's line shows its end (what just arrived), a finished one's its start; cut
+    at a word's end where one is near."""
+    if cell_len(line) > width:
+        if streaming:
+            tail = line[-(width - 1):]
+            space = tail.find(" ")
+            line = ELLIPSIS + (tail[space + 1:] if 0 <= space < width // 2 else tail)
+        else:
+            head = line[: width - 1]
+            space = head.rfind(" ")
+            line = (head[:space] if space > width // 2 else head).rstrip(" ,:") + ELLIPSIS
+    return Text(line, style="dim")

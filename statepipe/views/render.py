@@ -7,22 +7,35 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group, RenderableType
-from rich.panel import Panel
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.highlighter import JSONHighlighter
+from rich.padding import Padding
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from statepipe.engine.outputs import summarize
-from statepipe.store.records import AttemptRow, ListPreview, RunRow, RunSnapshot, StepRow, iso
+from statepipe.store.records import (
+    AttemptRow,
+    ListPreview,
+    RunRow,
+    RunSnapshot,
+    StepRow,
+    iso,
+    utcnow,
+)
+from statepipe.views.layout import Column, Fitted, brief, value_lines, whole
 from statepipe.views.style import STATE_STYLE, format_duration, format_time
 
 if TYPE_CHECKING:  # annotations only: `inspect` and `list` should not import the definitions
     from statepipe.definition.loader import Listed
     from statepipe.definition.workflow import Workflow
 
-TRUNCATE_CHARS = 1200
 FANOUT_ROWS = 10  # children of one fan-out listed by inspect without --full (all that did not succeed, always)
+# lines inspect gives a value without --full: about one screen for a run of a few steps
+INPUT_LINES = 8
+RESULT_LINES = 16
+OUTPUT_LINES = 6
+TRACEBACK_LINES = 12
 
 
 def _duration(s: StepRow) -> float | None:
@@ -69,28 +82,17 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, default=_shown).encode
 _INDENTED = json.JSONEncoder(indent=2, ensure_ascii=False, default=_shown)
 
 
-def _pretty(value: Any, full: bool) -> str:
-    """Compact when it fits a line, indented otherwise; long values cut unless `full`. Indenting
-    is pure Python in the json module (about 0.2 s a megabyte), so a cut value is indented only
-    as far as it is shown."""
-    if isinstance(value, ListPreview):  # only its head was read (Store.snapshot(preview=True))
-        head = _INDENTED.encode(value.head)[:TRUNCATE_CHARS].removesuffix("\n]")
-        return f"{head}\n… (a list of {value.length:,} items; --full shows all)"
+def _pretty(value: Any) -> str:
+    """A whole value as --full shows it: text as itself, JSON compact when it fits a line and
+    indented otherwise."""
+    if isinstance(value, str):
+        return value
     compact = _COMPACT(value)
-    if len(compact) <= 76:
-        return compact
-    if full:
-        return _INDENTED.encode(value)
-    shown: list[str] = []
-    size = 0
-    for chunk in _INDENTED.iterencode(value):
-        shown.append(chunk)
-        size += len(chunk)
-        if size > TRUNCATE_CHARS:
-            return "".join(shown)[:TRUNCATE_CHARS] + f"\n… (the whole value is {len(compact):,} characters of JSON; --full shows all)"
-    return "".join(shown)
+    return compact if len(compact) <= 76 else _INDENTED.encode(value)
 
 
+# Colours by rich's regex highlighter: a lexer (rich.syntax, with pygments) cost inspect a tenth
+# of its time in imports and rendering.
 _HIGHLIGHT = JSONHighlighter()
 
 
@@ -142,34 +144,162 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
         head.add_row("forks", ", ".join(forks))
     if run.error:
         head.add_row("error", Text(run.error, style="red"))
-    sections: list[RenderableType] = [Panel(head, title="run", title_align="left"), Panel(_json(run.input, full), title="input", title_align="left")]
-    if run.state == "succeeded":
-        sections.append(Panel(_json(snap.result(), full), title="result", title_align="left"))
+    return Group(Panel(head, title="run", title_align="left"), _Details(snap, full))
 
-    table = Table(title="steps", title_justify="left", expand=False)
-    for col in ("step", "state", "attempts", "started", "duration", "llm", "output / error"):
-        table.add_column(col, overflow="fold")
-    for parent in [*snap.parents(), *snap.compensations()]:
-        children = snap.children(parent.name)
-        shown = children if full else _some_children(children)
-        for s in [parent, *shown]:
-            label = f"  └ {s.item}" if s.item else s.name
-            value = snap.output_of(s)
-            brief = f"[{value.length} items]" if isinstance(value, ListPreview) else summarize(value)
-            # an error is read whole; an output's summary stays on one line
-            summary = Text(s.error, style="red") if s.error else Text(brief if s.state == "succeeded" else "", style="dim", no_wrap=True, overflow="ellipsis")
-            attempts = ", ".join(_attempt_cell(a) for a in s.with_current()) or "-"
-            table.add_row(label, _state(s.state), attempts, format_time(s.started_at), format_duration(_duration(s)), _usage_cell(s), summary)
-        if len(shown) < len(children):
-            left = len(children) - len(shown)
-            table.add_row("  └ …", _state("succeeded"), f"{left:,} more", "", "", "", Text("--full shows all", style="dim"))
 
-    outputs: list[RenderableType] = []
-    for parent in snap.parents():
-        value = snap.output_of(parent)
-        if parent.state == "succeeded":
-            outputs.append(Panel(_json(value, full), title=parent.name, title_align="left"))
-    return Group(*sections, table, *outputs)
+class _Details:
+    """Inspect under the run's panel, laid out for the console's width: the input, the result,
+    a table of steps with one line each, and under it a block for each step with more to show
+    than its line holds (an output too long for it, attempts that failed, feedback). The result
+    is shown once: its steps' lines point to it."""
+
+    def __init__(self, snap: RunSnapshot, full: bool) -> None:
+        self.snap = snap
+        self.full = full
+        self.results = _result_steps(snap)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        yield self._panel("input", self.snap.run.input, width, INPUT_LINES)
+        if self.snap.run.state == "succeeded":
+            yield self._panel("result", self.snap.result(), width, RESULT_LINES)
+        table, rows = self._table()
+        room = table.widths(width)[-1]  # of the output column; None: given up
+        yield table
+        blocks = [block for s in rows if (block := self._block(s, room, width - 2))]
+        if blocks:
+            yield Text()
+        for heading, body in blocks:
+            yield heading
+            yield Padding(Group(*body), (0, 0, 0, 2))
+
+    def _panel(self, title: str, value: Any, width: int, limit: int) -> Panel:
+        return Panel(Group(*_value(value, width - 4, limit, self.full)), title=title, title_align="left")
+
+    def _table(self) -> tuple[Fitted, list[StepRow]]:
+        snap = self.snap
+        usage = any(a.usage for s in snap.steps for a in s.attempts)
+        table = Fitted(
+            Column("step"), Column("state"), Column("att", justify="right"), Column("time", justify="right"),
+            Column("started", drop=1), *([Column("llm", drop=3)] if usage else []), Column("output", flex=True, drop=2),
+            title="steps", easy=32,
+        )
+        rows: list[StepRow] = []
+        for parent in [*snap.parents(), *snap.compensations()]:
+            children = snap.children(parent.name)
+            shown = children if self.full else _some_children(children)
+            for s in [parent, *shown]:
+                table.add_row(
+                    _label(s), _state(s.state), str(len(s.with_current()) or ""),
+                    format_duration(_duration(s)), format_time(s.started_at), *([_usage_cell(s)] if usage else []),
+                    lambda w, s=s: self._output_cell(s, w),  # type: ignore[misc]
+                )
+                rows.append(s)
+            if len(shown) < len(children):
+                left = len(children) - len(shown)
+                table.add_row(f"  └ … {left:,} more", _state("succeeded"), "", "", "", *([""] if usage else []),
+                              Text("--full shows all", style="dim"))
+        return table, rows
+
+    def _output_cell(self, s: StepRow, width: int) -> Text:
+        if s.state != "succeeded":
+            return Text((s.error or "").partition("\n")[0], style="red")
+        if not s.item and s.name in self.results:
+            return Text("the result, above", style="dim")
+        return Text(brief(self.snap.output_of(s), width), style="dim")
+
+    def _block(self, s: StepRow, room: int | None, width: int) -> tuple[Text, list[RenderableType]] | None:
+        """The heading and lines of a step's block; None when its table line says it all."""
+        body = [*self._history(s, width)]
+        if s.feedback:
+            body.append(Text.assemble(("feedback  ", "dim"), s.feedback))
+        if s.overrides:
+            body.append(Text.assemble(("input set  ", "dim"), brief(s.overrides, max(width - 11, 8))))
+        heading = Text(f"{s.name} · {s.item}" if s.item else s.name, style="bold")
+        value = self.snap.output_of(s)
+        if s.state == "succeeded" and not s.item and s.name not in self.results and (room is None or whole(value, room) is None):
+            one = whole(value, width - heading.cell_len - 2)
+            if one is not None and not body:  # a short value beside its step's name
+                return heading.append("  ").append_text(_HIGHLIGHT(Text(one))), []
+            if whole(value, width) is None:
+                heading.append(f"  {_shape(value)}", style="dim")
+            body.extend(_value(value, width, OUTPUT_LINES, self.full))
+        return (heading, body) if body else None
+
+    def _history(self, s: StepRow, width: int) -> list[RenderableType]:
+        """Its attempts when there is more to them than one that succeeded: each with its error,
+        the latest failed one with its traceback (all of them with --full)."""
+        attempts = s.with_current()
+        if len(attempts) <= 1 and all(a.state in ("succeeded", "running") and not a.cached_from for a in attempts):
+            return [Text(s.error, style="red")] if s.error and s.state != "succeeded" else []
+        traced = [a for a in attempts if getattr(a, "traceback", None)]
+        heads = [
+            Text.assemble(f"#{a.number} ", _state(a.state), _cached_note(a), f"  {_took(a)}" if a.finished_at else "")
+            for a in attempts
+        ]
+        indent = max((h.cell_len for a, h in zip(attempts, heads) if a.error), default=0)
+        lines: list[RenderableType] = []
+        for a, head in zip(attempts, heads):
+            if a.error:  # wrapped under itself, beside its attempt
+                row = Table.grid(padding=(0, 2))
+                row.add_column(width=indent, no_wrap=True)
+                row.add_column()
+                row.add_row(head, Text(a.error, style="red"))
+                lines.append(row)
+            else:
+                lines.append(head)
+            tb = getattr(a, "traceback", None)
+            if tb and (self.full or a is traced[-1]):
+                lines.append(Padding(_traceback(tb, self.full), (0, 0, 0, 4)))
+        if s.error and s.state != "succeeded" and all(s.error != a.error for a in attempts):
+            lines.append(Text(s.error, style="red"))
+        return lines
+
+
+def _took(a: AttemptRow) -> str:
+    return format_duration((a.finished_at - a.started_at).total_seconds() if a.finished_at else None)
+
+
+def _traceback(text: str, full: bool) -> Text:
+    """A stored traceback, dimmed so the error above it reads first; its first lines (the user's
+    frames come first) unless `full`."""
+    lines = text.rstrip("\n").splitlines()
+    if full or len(lines) <= TRACEBACK_LINES:
+        return Text("\n".join(lines), style="dim")
+    shown = "\n".join(lines[: TRACEBACK_LINES - 1])
+    return Text(f"{shown}\n… ({len(lines) - TRACEBACK_LINES + 1} more lines; --full shows all)", style="dim")
+
+
+def _shape(value: Any) -> str:
+    """What a value is, for the heading of a block that shows it cut."""
+    if isinstance(value, dict):
+        return f"{{{len(value):,} keys}}"
+    if isinstance(value, ListPreview):
+        return f"[{value.length} items]"
+    if isinstance(value, (list, tuple)):
+        return f"[{len(value)} items]"
+    if isinstance(value, str):
+        return f"{len(value):,} characters"
+    return ""
+
+
+def _label(s: StepRow) -> str:
+    """A fan-out child under its parent's line; a compensation's child, which follows no such
+    line, with its name."""
+    if not s.item:
+        return s.name
+    return f"  └ {s.item}" if s.compensates is None else f"{s.name} · {s.item}"
+
+
+def _result_steps(snap: RunSnapshot) -> set[str]:
+    """The steps whose outputs make the result, by the rule of RunSnapshot.result."""
+    if snap.run.state != "succeeded":
+        return set()
+    parents = snap.parents()
+    if snap.run.result_step:
+        return {snap.run.result_step}
+    needed = {d for s in parents for d in s.depends_on}
+    return {s.name for s in parents if s.name not in needed}
 
 
 def _some_children(children: list[StepRow]) -> list[StepRow]:
@@ -187,12 +317,11 @@ def _some_children(children: list[StepRow]) -> list[StepRow]:
     return shown if len(children) - len(shown) > 1 else children
 
 
-def _attempt_cell(a: AttemptRow) -> str:
-    """`#1 succeeded`, and where a reused output came from (the cache, or the run forked from)."""
-    text = f"#{a.number} {a.state}"
-    if a.cached_from:
-        text += f" (from {a.cached_from['run_id'][:8]} {a.cached_from['step']} #{a.cached_from['number']})"
-    return text
+def _cached_note(a: AttemptRow) -> str:
+    """Where a reused output came from (the cache, or the run forked from)."""
+    if not a.cached_from:
+        return ""
+    return f" (from {a.cached_from['run_id'][:8]} {a.cached_from['step']} #{a.cached_from['number']})"
 
 
 def format_cost(cost: float | None, simulated: bool = False) -> str:
@@ -214,10 +343,13 @@ def _usage_cell(s: StepRow) -> str:
     return f"{tokens} tok {format_cost(sum(float(u.get('cost_usd') or 0) for u in usages), simulated)}{truncated}"
 
 
-def list_table(runs: list[RunRow]) -> Table:
-    table = Table(expand=False)
-    for col in ("id", "workflow", "state", "started", "duration", "steps", "cost"):
-        table.add_column(col, no_wrap=True, justify="right" if col == "cost" else "left")
+def list_table(runs: list[RunRow]) -> Fitted:
+    """Narrow, a workflow's name is cut, then a cost column goes (it goes when empty anyway),
+    then the start time; the id, the state and the time are kept."""
+    table = Fitted(
+        Column("id"), Column("workflow", flex=True), Column("state"), Column("started", drop=2), Column("duration"),
+        Column("steps"), Column("cost", justify="right", drop=1), easy=12,
+    )
     for r in runs:
         table.add_row(
             r.id[:8], r.workflow, _state(r.shown_state), format_time(r.started_at or r.created_at),

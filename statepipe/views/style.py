@@ -14,7 +14,7 @@ STATE_STYLE = {
     "skipped": "dim cyan",
     "cancelled": "red",
     "abandoned": "dim red",
-    "interrupted": "magenta",
+    "interrupted": "bold magenta",  # resumable like paused; unplanned, so it stands out
 }
 
 
