@@ -31,7 +31,8 @@ app = typer.Typer(
     name="statepipe",
     help="Run long AI workflows that survive anything: watch, resume, inspect.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # `statepipe completion` instead: a shell named, not guessed
+    suggest_commands=False,  # main() suggests, once
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Manage the embedded PostgreSQL.", no_args_is_help=True)
@@ -62,19 +63,71 @@ def out_console() -> Console:
     return Console(highlight=False)
 
 
+GLOBAL_HELP = {
+    "database_url": "PostgreSQL URL (default: STATEPIPE_DATABASE_URL, else the embedded server).",
+    "output_dir": "Where JSONL files go (default: STATEPIPE_OUTPUT_DIR, else the folder the run was started with, else ./output).",
+    "verbose": "Show tracebacks.",
+}
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("statepipe")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        from statepipe import __version__ as number
+    typer.echo(f"statepipe {number}")
+    raise typer.Exit()
+
+
 @app.callback()
 def _global(
-    database_url: Annotated[Optional[str], typer.Option("--database-url", help="PostgreSQL URL (default: STATEPIPE_DATABASE_URL, else the embedded server).", show_default=False)] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Where JSONL files go (default: STATEPIPE_OUTPUT_DIR, else ./output).", show_default=False)] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+    database_url: Annotated[str | None, typer.Option("--database-url", help=GLOBAL_HELP["database_url"], show_default=False)] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", help=GLOBAL_HELP["output_dir"], show_default=False)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=GLOBAL_HELP["verbose"])] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     OPTS.database_url, OPTS.output_dir, OPTS.verbose = database_url, output_dir, verbose
+
+
+def _late_globals() -> list[Any]:
+    """The global options again on every command, so they may follow it too
+    (`statepipe inspect RUN -v`); given there, they win over the same option before it."""
+    from typer.core import TyperOption
+
+    def keep(field: str) -> Any:
+        def store(_ctx: Any, _param: Any, value: Any) -> None:
+            if value:
+                setattr(OPTS, field, value)
+
+        return store
+
+    return [
+        TyperOption(param_decls=["--database-url"], help=GLOBAL_HELP["database_url"], callback=keep("database_url"),
+                    expose_value=False, rich_help_panel="Global options"),
+        TyperOption(param_decls=["--output-dir"], help=GLOBAL_HELP["output_dir"], callback=keep("output_dir"),
+                    expose_value=False, rich_help_panel="Global options"),
+        TyperOption(param_decls=["--verbose", "-v"], is_flag=True, default=False, help=GLOBAL_HELP["verbose"],
+                    callback=keep("verbose"), expose_value=False, rich_help_panel="Global options"),
+    ]
 
 
 def _store(max_size: int = 4) -> Any:
     from statepipe.store.database import open_store
 
     return open_store(config.database_url(OPTS.database_url), max_size=max_size)
+
+
+def _output_dir(store: Any, run_id: str | None) -> Path:
+    """Where a run's JSONL goes: --output-dir or STATEPIPE_OUTPUT_DIR, else the folder recorded
+    when the run was created (so a command run from elsewhere does not start a second tree
+    there, backfilled from the first event), else ./output."""
+    first = store.events_after(run_id, 0, 1) if run_id is not None else []
+    recorded = first[0].data.get("output_dir") if first and first[0].type == "run_created" else None
+    return config.output_dir(OPTS.output_dir, recorded)
 
 
 def _emit_json(value: Any) -> None:
@@ -132,6 +185,8 @@ def _drain_on_signals(runtime: Any, grace: float, what: str, say: Any = None, la
         if count["n"] > 1:
             # the views may still hold lines of what ended (results.jsonl is not rebuilt later)
             runtime.writer.flush_views(timeout=1.0)
+            if last_words is not None:
+                last_words()
             os._exit(EXIT_INTERRUPTED)  # the next owner resumes; nothing committed is lost
         (say or err.print)(f"stopping {what}: no new steps; waiting up to {grace:g}s for running steps (signal again to quit now)")
         runtime.stop()
@@ -163,7 +218,7 @@ def _execute(
     from statepipe.views.jsonl import EventFiles, ResultWriter, StdoutEvents
     from statepipe.views.live import LiveView
 
-    out_dir = config.output_dir(OPTS.output_dir)
+    out_dir = _output_dir(store, run_id)
     runtime = runtime or Runtime(store)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
@@ -178,7 +233,7 @@ def _execute(
         stdout_events.watch()
     if run_id is None:
         assert loaded is not None and run_input is not None
-        run_id = runtime.create_run(loaded, run_input, dry_run=dry_run, no_cache=no_cache)
+        run_id = runtime.create_run(loaded, run_input, dry_run=dry_run, no_cache=no_cache, output_dir=str(out_dir.resolve()))
     err.print(f"run [bold]{run_id}[/bold]" if interactive else f"run {run_id}", highlight=False)
 
     live = None
@@ -187,63 +242,6 @@ def _execute(
         live = LiveView(out_console(), run_id, snap.run.workflow, snap)
         runtime.listen(live.update)
 
-    async def main() -> str:
-            if last_words is not None:
-                last_words()
-        loop_of.append(asyncio.get_running_loop())
-        say = (lambda msg: setattr(live, "notice", msg)) if live else None
-        _drain_on_signals(runtime, grace, "the run", say=say, last_words=last_words)
-        return (await runtime.execute(run_id, loaded, rerun=rerun, strict=strict)).state
-
-    began = time.monotonic()
-    try:
-        if live is not None:
-            with live:
-                state = asyncio.run(main())
-                runtime.writer.flush_views()  # the display's last frame shows how the run ended
-        else:
-            state = asyncio.run(main())
-        runtime.writer.flush()
-    finally:
-        runtime.writer.flush_views()
-        files.close()
-        results.close()
-    _report(store.get_run(run_id), state, time.monotonic() - began)
-    if state == "succeeded" and rerun is not None:
-        _report_reuse(store.snapshot(run_id), rerun)
-    runtime.close()
-    return OUTCOME_EXIT.get(state, 0)
-
-
-def _work_time(steps: list[Any]) -> float:
-    """Seconds the succeeded ones among `steps` originally took: what reusing them saves."""
-    return sum((s.finished_at - s.started_at).total_seconds() for s in steps if s.state == "succeeded" and s.started_at and s.finished_at)
-
-
-def _report_reuse(snap: Any, rerun: Any) -> None:
-    """What the rerun saved: steps reused and the time they originally took."""
-    from statepipe.views.style import format_duration
-
-    redone = set(rerun.affected_steps)
-    reused = [s for s in snap.parents() if s.name not in redone]
-    saved = _work_time(reused)
-    err.print(f"reused {len(reused)} step(s) that originally took {format_duration(saved)}; re-ran {len(redone)}: {', '.join(sorted(redone))}")
-
-
-def _report(run: Any, state: str, took: float) -> None:
-    """How this execution ended; `took` is its own time, not the run's since it first started."""
-    from statepipe.views.style import format_duration
-
-    if state == "succeeded":
-        err.print(f"[green]succeeded[/green] in {format_duration(took)} · {run.steps_done}/{run.steps_total} steps · statepipe inspect {run.id[:8]}")
-    elif state == "failed":
-        err.print(f"[red]failed[/red]: {run.error}\nretry the failed steps with: statepipe resume {run.id}")
-    elif state == "interrupted":
-        err.print(f"interrupted; the run is resumable: statepipe resume {run.id}")
-    elif state == "paused":
-        err.print(f"paused; continue with: statepipe resume {run.id}")
-    else:
-        err.print(f"run {run.id} is {state}")
     changed_code: list[str] = []  # said after the display is gone: a resume re-running edited steps
 
     def on_code_changed(events: list[Any]) -> None:
@@ -266,49 +264,51 @@ def _report(run: Any, state: str, took: float) -> None:
             live.__exit__(None, None, None)  # the cursor shown again, the last frame kept
         err.print(f"interrupted; the run is resumable: statepipe resume {run_id}", markup=False)
 
+    async def main() -> str:
+        loop_of.append(asyncio.get_running_loop())
+        say = (lambda msg: setattr(live, "notice", msg)) if live else None
+        _drain_on_signals(runtime, grace, "the run", say=say, last_words=last_words)
+        return (await runtime.execute(run_id, loaded, rerun=rerun, strict=strict)).state
 
-
-@app.command()
-def run(
-    workflow: Annotated[str, typer.Argument(help="Workflow name (in ./workflows), or file.py[:object].")],
-    inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (value read as JSON if it parses). Repeatable.")] = [],
-    input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="JSON object file; - reads stdin.")] = None,
-    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Only enqueue: a `statepipe worker` executes it. Prints the run id.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="LLM calls answered by a simulated model: no key, no cost.")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute every step, even cacheable ones with a cached output.")] = False,
-) -> None:
-    """Run a workflow: live step tree on a terminal, JSONL events when piped."""
-    from statepipe.definition.loader import load
-
-    run_input = parse_inputs(inputs, input_file)
-    loaded = load(workflow)  # a bad workflow is reported before the database is touched
+    began = time.monotonic()
+    try:
+        if live is not None:
+            with live:
+                state = asyncio.run(main())
+                runtime.writer.flush_views()  # the display's last frame shows how the run ended
+        else:
+            state = asyncio.run(main())
+        runtime.writer.flush()
+    finally:
+        runtime.writer.flush_views()
+        files.close()
+        results.close()
     for line in changed_code:
         err.print(line, markup=False)
-    if not dry_run:
+    _report(store.get_run(run_id), state, time.monotonic() - began)
     if state == "failed":
         _report_failures(store.snapshot(run_id))
-        _check_keys(loaded.workflow)
-    loaded.workflow.check_input(run_input)
-    store = _store()
-    if detach:
-        from statepipe.engine.runtime import Runtime
-
-        runtime = Runtime(store)
-        typer.echo(runtime.create_run(loaded, run_input, detach=True, dry_run=dry_run, no_cache=no_cache))
-        runtime.close()
-        return
-    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run, no_cache=no_cache))
+    if state == "succeeded" and rerun is not None:
+        _report_reuse(store.snapshot(run_id), rerun)
+    runtime.close()
+    return OUTCOME_EXIT.get(state, 0)
 
 
-def _check_keys(wf: Any) -> None:
-    """A missing API key is a one-line error now, not a traceback in step 3."""
-    from statepipe.errors import ConfigError
-    from statepipe.llm.models import missing_keys
+def _work_time(steps: list[Any]) -> float:
+    """Seconds the succeeded ones among `steps` originally took: what reusing them saves."""
+    return sum((s.finished_at - s.started_at).total_seconds() for s in steps if s.state == "succeeded" and s.started_at and s.finished_at)
 
-    missing = missing_keys(wf.models)
-    if missing:
-        model, env = missing[0]
+
+def _report_reuse(snap: Any, rerun: Any) -> None:
+    """What the rerun saved: steps reused and the time they originally took."""
+    from statepipe.views.style import format_duration
+
+    redone = set(rerun.affected_steps)
+    reused = [s for s in snap.parents() if s.name not in redone]
+    saved = _work_time(reused)
+    err.print(f"reused {len(reused)} step(s) that originally took {format_duration(saved)}; re-ran {len(redone)}: {', '.join(sorted(redone))}")
+
+
 def _report_failures(snap: Any) -> None:
     """Where each failed step failed: the last line of its user traceback, or all of it with -v."""
     for step in snap.steps:
@@ -353,6 +353,59 @@ def _failure_hint(run: Any) -> str:
     return f"retry the failed steps with: statepipe resume {run.id}"
 
 
+def _report(run: Any, state: str, took: float) -> None:
+    """How this execution ended; `took` is its own time, not the run's since it first started."""
+    from statepipe.views.style import format_duration
+
+    if state == "succeeded":
+        err.print(f"[green]succeeded[/green] in {format_duration(took)} · {run.steps_done}/{run.steps_total} steps · statepipe inspect {run.id[:8]}")
+    elif state == "failed":
+        err.print(f"[red]failed[/red]: {run.error}\n{_failure_hint(run)}")
+    elif state == "interrupted":
+        err.print(f"interrupted; the run is resumable: statepipe resume {run.id}")
+    elif state == "paused":
+        err.print(f"paused; continue with: statepipe resume {run.id}")
+    else:
+        err.print(f"run {run.id} is {state}")
+
+
+@app.command()
+def run(
+    workflow: Annotated[str, typer.Argument(help="Workflow name (in ./workflows), or file.py[:object].")],
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (value read as JSON if it parses). Repeatable.")] = [],
+    input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="JSON object file; - reads stdin.")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Only enqueue: a `statepipe worker` executes it. Prints the run id.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="LLM calls answered by a simulated model: no key, no cost.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute every step, even cacheable ones with a cached output.")] = False,
+) -> None:
+    """Run a workflow: live step tree on a terminal, JSONL events when piped."""
+    from statepipe.definition.loader import load
+
+    run_input = parse_inputs(inputs, input_file)
+    loaded = load(workflow)  # a bad workflow is reported before the database is touched
+    if not dry_run:
+        _check_keys(loaded.workflow)
+    loaded.workflow.check_input(run_input)
+    store = _store()
+    if detach:
+        from statepipe.engine.runtime import Runtime
+
+        runtime = Runtime(store)
+        typer.echo(runtime.create_run(loaded, run_input, detach=True, dry_run=dry_run, no_cache=no_cache))
+        runtime.close()
+        return
+    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run, no_cache=no_cache))
+
+
+def _check_keys(wf: Any) -> None:
+    """A missing API key is a one-line error now, not a traceback in step 3."""
+    from statepipe.errors import ConfigError
+    from statepipe.llm.models import missing_keys
+
+    missing = missing_keys(wf.models)
+    if missing:
+        model, env = missing[0]
         raise ConfigError(f"workflow {wf.name} calls {model}, which needs {env}; set it, or try it with --dry-run")
 
 
@@ -409,6 +462,7 @@ def list_runs(
     workflow: Annotated[Optional[str], typer.Option("--workflow", "-w", help="Only runs of this workflow.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Only runs created since: 30m, 12h, 7d or an ISO date.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Only runs of this batch (its id, as `batch` prints it).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON array of runs.")] = False,
 ) -> None:
     """Recent runs, newest first."""
@@ -426,8 +480,23 @@ def list_runs(
     if as_json:
         results = store.results([r.id for r in runs])
         _emit_json([r.as_json(results.get(r.id)) for r in runs])
-    else:
+    elif runs:
         out_console().print(list_table(runs))
+    _say_what_is_left_out(store, runs, limit, status, workflow, since, since_ts, batch)
+
+
+def _say_what_is_left_out(store: Any, runs: list[Any], limit: int, status: list[str], workflow: str | None,
+                          since: str | None, since_ts: datetime | None, batch: str | None) -> None:
+    """On stderr, so stdout stays the table or JSON: that nothing matched, or how many runs
+    --limit left out."""
+    if not runs:
+        given = [*(f"--status {s}" for s in status), *([f"--workflow {workflow}"] if workflow else []),
+                 *([f"--since {since}"] if since else []), *([f"--batch {batch}"] if batch else [])]
+        err.print(f"no runs match {' '.join(given)}" if given else "no runs yet", markup=False)
+    elif len(runs) == limit:
+        total = store.count_runs(states=status, workflow=workflow, since=since_ts, batch_id=batch)
+        if total > limit:
+            err.print(f"{limit} of {total} runs; --limit {total} shows them all", markup=False)
 
 
 @app.command()
@@ -435,6 +504,7 @@ def logs(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
     after: Annotated[int, typer.Option("--after", help="Start after this sequence number.")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing live events until the run ends.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="With --follow: keep following an interrupted run until someone resumes it.")] = False,
 ) -> None:
     """A run's events as JSONL. With --follow, exits when the run ends; the exit code says how
     (130: the run is interrupted, nobody executes it; --wait keeps following)."""
@@ -454,6 +524,13 @@ def logs(
         sys.stderr.close()  # the reader left; nothing to report
 
 
+def _say_interrupted(run: Any) -> None:
+    """Tell the reader of an interrupted run so on stderr, rather than wait in silence."""
+    from statepipe.views.render import interrupted_note
+
+    err.print(f"run {run.id} is interrupted: {interrupted_note(run)} (logs --follow --wait keeps following)", markup=False)
+
+
 @app.command()
 def workflows(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Workflows found in ./workflows (and STATEPIPE_WORKFLOWS_PATH)."""
@@ -463,8 +540,20 @@ def workflows(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     found = discover()
     if as_json:
         _emit_json([w.__dict__ for w in found])
-    else:
+    elif found:
         out_console().print(workflows_table(found))
+    if not found:
+        err.print(_where_workflows_are_looked_for(), markup=False)
+
+
+def _where_workflows_are_looked_for() -> str:
+    from statepipe.definition.loader import workflow_dirs
+
+    first, *extra = workflow_dirs()
+    looked = [f"./workflows{'' if first.is_dir() else ' (no such folder)'}"]
+    looked += [f"{d}{'' if d.is_dir() else ' (no such folder)'}" for d in extra] or ["STATEPIPE_WORKFLOWS_PATH (not set)"]
+    return (f"no workflows found in {', '.join(looked)}\n"
+            f"add a .py file defining a Workflow to ./workflows, or folders of them to STATEPIPE_WORKFLOWS_PATH ('{os.pathsep}'-separated)")
 
 
 @app.command()
@@ -479,7 +568,6 @@ def graph(
     wf = load(workflow).workflow
     sys.stdout.write((graph_mermaid(wf) if mermaid else graph_text(wf)) + "\n")
 
-    wait: Annotated[bool, typer.Option("--wait", help="With --follow: keep following an interrupted run until someone resumes it.")] = False,
 
 def _take_over(store: Any, runtime: Any, run_id: str) -> None:
     """A rerun needs the run at rest: a live owner is asked to pause at once (its running steps
@@ -515,34 +603,14 @@ def _show_plan(wf: Any, snap: Any, plan: Any) -> None:
         err.print(f"about {calls} LLM call(s)")
 
 
-                if not wait and _says_interrupted(store.get_run(full)):
-                    ended = "interrupted"
-                    break
 @app.command()
 def rerun(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
     from_steps: Annotated[list[str], typer.Option("--from", help="Run this step and everything downstream again. Repeatable.")] = [],
     items: Annotated[list[str], typer.Option("--item", help="With one fan-out --from step: only this item (and what follows). Repeatable.")] = [],
     sets: Annotated[list[str], typer.Option("--set", help="key=value changes the run input; step.param=value one step's input. Repeatable.")] = [],
-def _say_interrupted(run: Any) -> None:
-    """Tell the reader of an interrupted run so on stderr, rather than wait in silence."""
-    from statepipe.views.render import interrupted_note
-
-    err.print(f"run {run.id} is interrupted: {interrupted_note(run)} (logs --follow --wait keeps following)", markup=False)
-
-
     input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="A new run input (JSON object; - reads stdin).")] = None,
     feedback: Annotated[Optional[str], typer.Option("--feedback", help="Guidance for the re-run steps (ctx.feedback).")] = None,
-def _says_interrupted(run: Any) -> bool:
-    """Tell the reader of an interrupted run so on stderr (True), rather than wait in silence."""
-    if not run.interrupted:
-        return False
-    from statepipe.views.render import interrupted_note
-
-    err.print(f"run {run.id} is interrupted: {interrupted_note(run)} (logs --follow --wait keeps following)", markup=False)
-    return True
-
-
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the rerun event.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse if a step's code changed.")] = False,
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
@@ -593,7 +661,7 @@ def fork(
     store = _store()
     full = store.resolve_run_id(run_id)
     runtime = Runtime(store)
-    new_id = runtime.fork(full, from_steps=from_steps)
+    new_id = runtime.fork(full, from_steps=from_steps, output_dir=str(_output_dir(store, full).resolve()))
     err.print(f"forked {full} -> {new_id}")
     if detach:
         store.release(new_id, 1)
@@ -784,6 +852,35 @@ def worker(
     err.print(f"worker stopped after finishing {done} run(s)")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback a --token is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Also execute runs, as `statepipe worker` does.")] = True,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs the server's worker executes at once.")] = 4,
+    token: Annotated[Optional[str], typer.Option(envvar="STATEPIPE_SERVE_TOKEN", help="Bearer token clients must send (required off loopback).", show_default=False)] = None,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish on SIGTERM/SIGINT.")] = 30.0,
+) -> None:
+    """Serve the HTTP API (docs at /docs), resumable event streams and the live dashboard."""
+    if host not in LOOPBACK and not token:
+        raise InputError(f"serving on {host} opens statepipe to other machines: give --token (or STATEPIPE_SERVE_TOKEN)")
+    import uvicorn
+
+    from statepipe.views.web.app import ServeConfig, create_app
+
+    app_ = create_app(ServeConfig(
+        database_url=config.database_url(OPTS.database_url), output_dir=config.output_dir(OPTS.output_dir),
+        worker=worker, concurrency=concurrency, grace=grace, token=token,
+    ))
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", lifespan="on"))
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"statepipe serving http://{shown}:{port}  (API docs: /docs" + ("; worker on" if worker else "") + ")", markup=False)
+    server.run()
+
+
 @app.command()
 def batch(
     workflow: Annotated[str, typer.Argument(help="Workflow name or file.py[:object].")],
@@ -818,7 +915,7 @@ def batch(
     try:
         store = _store()
         runtime = Runtime(store)
-        plan = batches.prepare(runtime, loaded, inputs, bid)
+        plan = batches.prepare(runtime, loaded, inputs, bid, output_dir=str(out_dir.resolve()))
     except BaseException:
         for p in pool:
             p.terminate()
@@ -852,35 +949,6 @@ def batch(
         p.join()
     elapsed = time.monotonic() - began
     if jsonl:  # every run's row and result: read only when asked for
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback a --token is required.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
-    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Also execute runs, as `statepipe worker` does.")] = True,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs the server's worker executes at once.")] = 4,
-    token: Annotated[Optional[str], typer.Option(envvar="STATEPIPE_SERVE_TOKEN", help="Bearer token clients must send (required off loopback).", show_default=False)] = None,
-    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish on SIGTERM/SIGINT.")] = 30.0,
-) -> None:
-    """Serve the HTTP API (docs at /docs), resumable event streams and the live dashboard."""
-    if host not in LOOPBACK and not token:
-        raise InputError(f"serving on {host} opens statepipe to other machines: give --token (or STATEPIPE_SERVE_TOKEN)")
-    import uvicorn
-
-    from statepipe.views.web.app import ServeConfig, create_app
-
-    app_ = create_app(ServeConfig(
-        database_url=config.database_url(OPTS.database_url), output_dir=config.output_dir(OPTS.output_dir),
-        worker=worker, concurrency=concurrency, grace=grace, token=token,
-    ))
-    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", lifespan="on"))
-    shown = f"[{host}]" if ":" in host else host
-    err.print(f"statepipe serving http://{shown}:{port}  (API docs: /docs" + ("; worker on" if worker else "") + ")", markup=False)
-    server.run()
-
-
         runs = store.batch_runs(bid)
         results = store.results([r.id for r in runs.values()])
         for index in sorted(runs):
@@ -893,8 +961,40 @@ def serve(
     unfinished = plan.total - counts["succeeded"] - counts["failed"] - counts["cancelled"]
     table.add_row(str(plan.total), str(counts["succeeded"]), str(counts["failed"]), str(counts["cancelled"]), str(unfinished), f"{elapsed:.1f}s", f"{(plan.created + plan.retried) / max(elapsed, 1e-6):.1f}")
     err.print(table)
+    if counts["succeeded"] < plan.total:
+        _batch_failures(store, bid, plan.total)
+    err.print(
+        f"batch {bid}: {counts['succeeded']} of {plan.total} succeeded"
+        + (f", {counts['failed']} failed" if counts["failed"] else "")
+        + (f", {counts['cancelled']} cancelled" if counts["cancelled"] else "")
+        + (f", {unfinished} unfinished" if unfinished else "")
+        + f" in {elapsed:.1f}s"
+        + ("" if counts["succeeded"] == plan.total else f"; see: statepipe list --batch {bid}"),
+        markup=False, highlight=False,
+    )
     runtime.close()
     raise typer.Exit(0 if counts["succeeded"] == plan.total else EXIT_RUN_FAILED)
+
+
+def _batch_failures(store: Any, batch_id: str, total: int, shown: int = 20) -> None:
+    """Which inputs did not succeed: their line, run and error, the first `shown` of them."""
+    from rich.table import Table
+
+    from statepipe.views.style import STATE_STYLE
+
+    runs = [r for r in store.list_runs(batch_id=batch_id, limit=total) if r.shown_state != "succeeded"]
+    runs.sort(key=lambda r: r.batch_index or 0)
+    table = Table(title="did not succeed", title_justify="left")
+    table.add_column("input", justify="right", no_wrap=True)
+    table.add_column("run", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for r in runs[:shown]:
+        state = r.shown_state
+        table.add_row(f"#{(r.batch_index or 0) + 1}", r.id[:8], f"[{STATE_STYLE.get(state, '')}]{state}[/]", (r.error or "").splitlines()[0] if r.error else "")
+    err.print(table)
+    if len(runs) > shown:
+        err.print(f"… and {len(runs) - shown} more", markup=False)
 
 
 @db_app.command("status")
@@ -923,10 +1023,119 @@ def db_stop() -> None:
     typer.echo("stopped" if embedded.stop() else "not running")
 
 
-def main() -> None:
-    """Typer handles usage errors (exit 2); statepipe's own errors become one line here."""
+SHELLS = ("bash", "zsh", "fish")
+COMPLETE_VAR = "_STATEPIPE_COMPLETE"  # set by the completion script when the shell asks
+
+
+@app.command()
+def completion(
+    shell: Annotated[str | None, typer.Argument(help="bash, zsh or fish (default: the one in $SHELL).", show_default=False)] = None,
+    install: Annotated[bool, typer.Option("--install", help="Write the script where the shell loads it, instead of printing it.")] = False,
+) -> None:
+    """Shell completion of commands, options and values: print the script, or --install it."""
+    import click
+    from click.shell_completion import get_completion_class
+
+    name = shell or Path(os.environ.get("SHELL", "")).name
+    if name not in SHELLS:
+        raise InputError(f"unknown shell {name!r}; name one: statepipe completion bash|zsh|fish" if name else
+                         "cannot tell your shell from $SHELL; name it: statepipe completion bash|zsh|fish")
+    complete = get_completion_class(name)
+    assert complete is not None  # click ships all three
+    script = complete(click.get_current_context().find_root().command, {}, "statepipe", COMPLETE_VAR).source()
+    if not install:
+        typer.echo(script)
+        return
+    err.print(_install_completion(name, script), markup=False)
+
+
+def _install_completion(shell: str, script: str) -> str:
+    """The script is written whole (a new shell does not run statepipe to get it) and, for bash
+    and zsh, loaded from the rc file by one line, added once. Returns what was done."""
+    home = Path.home()
+    rc: Path | None = None
+    if shell == "fish":  # fish loads completions/<command>.fish by itself
+        target = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "fish" / "completions" / "statepipe.fish"
+    elif shell == "zsh":
+        target = home / ".zfunc" / "_statepipe"
+        rc, line = Path(os.environ.get("ZDOTDIR") or home) / ".zshrc", "fpath=(~/.zfunc $fpath); autoload -Uz compinit && compinit  # statepipe completion"
+    else:
+        target = home / ".bash_completions" / "statepipe.sh"
+        rc, line = home / ".bashrc", "source ~/.bash_completions/statepipe.sh  # statepipe completion"
     try:
-        app()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(script + "\n")
+        if rc is not None and line not in (rc.read_text() if rc.exists() else ""):
+            with rc.open("a") as f:
+                f.write(f"\n{line}\n")
+    except OSError as exc:
+        from statepipe.errors import ConfigError
+
+        raise ConfigError(f"cannot install {shell} completion: {exc.strerror}: {exc.filename}") from exc
+    loaded = f", loaded from {rc}" if rc is not None else ""
+    return f"{shell} completion installed in {target}{loaded}; it works in shells started from now on"
+
+
+def _usage_error(exc: Any) -> str:
+    """A click usage error as statepipe's one-line error plus one line saying where to look."""
+    from difflib import get_close_matches
+
+    import click
+
+    message = " ".join(exc.format_message().split())
+    message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+    ctx = exc.ctx
+    typed = re.fullmatch(r"no such command '(.+)'\.", message)
+    if typed and ctx is not None and isinstance(ctx.command, click.Group):
+        close = get_close_matches(typed.group(1), ctx.command.list_commands(ctx), n=1)
+        message += f" Did you mean {close[0]!r}?" if close else ""
+    return f"statepipe: error: {message}\nsee: {ctx.command_path if ctx is not None else 'statepipe'} --help"
+
+
+def _command() -> Any:
+    """The click command tree, every command taking the global options after its name too."""
+    import click
+
+    root = typer.main.get_command(app)
+    groups = [root]
+    while groups:
+        group = groups.pop()
+        assert isinstance(group, click.Group)
+        for sub in group.commands.values():
+            if isinstance(sub, click.Group):
+                groups.append(sub)
+            else:
+                sub.params.extend(_late_globals())
+    return root
+
+
+def main() -> None:
+    """Usage errors are two lines (the error, and where to look) and statepipe's own errors one,
+    each with the exit code the README lists; tracebacks only with --verbose."""
+    import click
+
+    command = _command()
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:  # click's protocol, as the scripts of `statepipe completion` speak it
+        from click.shell_completion import shell_complete
+
+        sys.exit(shell_complete(command, {}, "statepipe", COMPLETE_VAR, instruction))
+    try:
+        code = command.main(prog_name="statepipe", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `statepipe` alone: the help, as before
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        err.print(_usage_error(exc), markup=False)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err.print(f"statepipe: error: {exc.format_message()}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.Abort:  # a confirmation prompt met Ctrl-C or the end of its input
+        err.print("statepipe: aborted; nothing changed", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
     except StatepipeError as exc:
         if OPTS.verbose:
             traceback.print_exc()
@@ -934,35 +1143,4 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
-    if counts["succeeded"] < plan.total:
-        _batch_failures(store, bid, plan.total)
-    err.print(
-        f"batch {bid}: {counts['succeeded']} of {plan.total} succeeded"
-        + (f", {counts['failed']} failed" if counts["failed"] else "")
-        + (f", {counts['cancelled']} cancelled" if counts["cancelled"] else "")
-        + (f", {unfinished} unfinished" if unfinished else "")
-        + f" in {elapsed:.1f}s"
-        + ("" if counts["succeeded"] == plan.total else f"; see: statepipe list --batch {bid}"),
-        markup=False, highlight=False,
-    )
-def _batch_failures(store: Any, batch_id: str, total: int, shown: int = 20) -> None:
-    """Which inputs did not succeed: their line, run and error, the first `shown` of them."""
-    from rich.table import Table
-
-    from statepipe.views.style import STATE_STYLE
-
-    runs = [r for r in store.list_runs(batch_id=batch_id, limit=total) if r.shown_state != "succeeded"]
-    runs.sort(key=lambda r: r.batch_index or 0)
-    table = Table(title="did not succeed", title_justify="left")
-    table.add_column("input", justify="right", no_wrap=True)
-    table.add_column("run", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("error", overflow="fold")
-    for r in runs[:shown]:
-        state = r.shown_state
-        table.add_row(f"#{(r.batch_index or 0) + 1}", r.id[:8], f"[{STATE_STYLE.get(state, '')}]{state}[/]", (r.error or "").splitlines()[0] if r.error else "")
-    err.print(table)
-    if len(runs) > shown:
-        err.print(f"… and {len(runs) - shown} more", markup=False)
-
-
+    sys.exit(code or 0)
