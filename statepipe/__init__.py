@@ -13,6 +13,7 @@ _PUBLIC = {
     "StepContext": "statepipe.engine.context",
     "StepInterrupted": "statepipe.engine.context",
     "NonRetryable": "statepipe.errors",
+    "InputError": "statepipe.errors",
     "StatepipeError": "statepipe.errors",
 }
 __all__ = sorted(_PUBLIC)

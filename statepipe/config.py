@@ -14,8 +14,10 @@ def data_dir() -> Path:
     return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("statepipe"))
 
 
-def output_dir(flag: str | None = None) -> Path:
-    return Path(flag or os.environ.get("STATEPIPE_OUTPUT_DIR") or "output")
+def output_dir(flag: str | None = None, recorded: str | None = None) -> Path:
+    """`recorded`: the folder an existing run was started with, so its event file stays in one
+    place whichever folder a later command runs from; the flag and the environment still win."""
+    return Path(flag or os.environ.get("STATEPIPE_OUTPUT_DIR") or recorded or "output")
 
 
 def database_url(flag: str | None = None) -> str | None:

@@ -7,6 +7,7 @@ dependency), `input` gets the whole run input, and any other name is read from t
 
 from __future__ import annotations
 
+import difflib
 import graphlib
 import hashlib
 import inspect
@@ -124,6 +125,7 @@ class Workflow:
         models: Iterable[str] = (),
         cache: bool = False,
         max_abandoned: int = 5,
+        extra_inputs: bool = False,
         **hooks: Callable[..., Any],
     ) -> None:
         """`timeout` bounds the whole run in seconds; `models` names the LLMs its steps call
@@ -131,8 +133,10 @@ class Workflow:
         `cache` lets every step reuse a succeeded attempt with the same cache key from any run
         (steps may opt in or out themselves); `max_abandoned` is how many attempts of a step in
         a row may die with their process before the step fails instead of running again (a
-        crash loop ends); `on_init`, `on_progress`, `on_retry`, `on_error`,
-        `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
+        crash loop ends); `extra_inputs` accepts run-input keys no step parameter names (for
+        hooks or steps that read `ctx.input`), which are otherwise refused as typos;
+        `on_init`, `on_progress`, `on_retry`, `on_error`, `on_success` and `on_complete` are
+        hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
         if max_concurrency < 1:
@@ -144,6 +148,7 @@ class Workflow:
         if max_abandoned < 1:
             raise DefinitionError(f"workflow {name}: max_abandoned must be at least 1")
         self.max_abandoned = max_abandoned
+        self.extra_inputs = extra_inputs
         self.result_step = result
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"workflow {name}: timeout must be positive")
@@ -408,8 +413,27 @@ class Workflow:
         self._order = _stable_topological(order, position, self._steps)
         return self._order
 
-    def check_input(self, data: dict[str, Any]) -> None:
-        """Refuse a run before it is created when a step would lack an input."""
+    def inputs(self) -> list[str] | None:
+        """The run-input keys something reads: steps' parameters and compensations' extra ones.
+        None when any key may be read (a step or compensation takes `input`, or `extra_inputs`)."""
+        if self.extra_inputs:
+            return None
+        names: set[str] = set()
+        for s in self.steps:
+            if any(p.name == "input" for p in s.params):
+                return None
+            names.update(p.name for p in s.input_params)
+            if s.compensate is not None:  # given its output, item and input, and input keys by name
+                extra = set(inspect.signature(s.compensate).parameters) - {"ctx", "output", "item"}
+                if "input" in extra:
+                    return None
+                names |= extra
+        return sorted(names)
+
+    def check_input(self, data: dict[str, Any], known: Iterable[str] = ()) -> None:
+        """Refuse a run before it is created when a step would lack an input, or when a key is
+        one nothing reads: a typo there would otherwise run with the default silently. `known`:
+        keys accepted as they are (those an existing run already had)."""
         missing: dict[str, list[str]] = {}
         for s in self.steps:
             for p in s.input_params:
@@ -421,6 +445,18 @@ class Workflow:
             raise InputError(
                 f"workflow {self.name} needs input {name!r} (used by step {', '.join(needed_by)}){more}; "
                 f"pass -i {name}=..."
+            )
+        accepted = self.inputs()
+        if accepted is None:
+            return
+        allowed = set(accepted) | set(known)
+        unknown = [k for k in data if k not in allowed]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], accepted, n=1)
+            raise InputError(
+                f"workflow {self.name} has no input {unknown[0]!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + (f"; its inputs: {', '.join(accepted)}" if accepted else "; it takes no input")
             )
 
     def __repr__(self) -> str:

@@ -51,8 +51,9 @@ def batch_id_for(workflow: str, inputs: list[dict[str, Any]]) -> str:
     return f"{workflow}-{digest[:12]}"
 
 
-def prepare(runtime: Runtime, loaded: Loaded, inputs: list[dict[str, Any]], batch_id: str) -> BatchPlan:
-    """Create the batch's missing runs (left for workers) and flag its failed ones for retry."""
+def prepare(runtime: Runtime, loaded: Loaded, inputs: list[dict[str, Any]], batch_id: str, output_dir: str | None = None) -> BatchPlan:
+    """Create the batch's missing runs (left for workers) and flag its failed ones for retry.
+    `output_dir` is recorded with each new run (Runtime.create_runs)."""
     for number, data in enumerate(inputs, 1):
         try:
             loaded.workflow.check_input(data)
@@ -61,7 +62,8 @@ def prepare(runtime: Runtime, loaded: Loaded, inputs: list[dict[str, Any]], batc
     existing = runtime.store.batch_runs(batch_id)
     missing = [i for i in range(len(inputs)) if i not in existing]
     if missing:
-        runtime.create_runs(loaded, [inputs[i] for i in missing], detach=True, batch_id=batch_id, batch_indices=missing)
+        runtime.create_runs(loaded, [inputs[i] for i in missing], detach=True, batch_id=batch_id, batch_indices=missing,
+                            output_dir=output_dir)
     failed = [run for run in existing.values() if run.state == "failed"]
     for run in failed:
         runtime.store.request(run.id, RETRY_REQUEST)

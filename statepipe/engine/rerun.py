@@ -61,7 +61,7 @@ class RerunPlan:
         for name, values in self.overrides.items():
             input_text(values, f"--set {name}.…")
         if self.input is not None:
-            wf.check_input(self.input)
+            wf.check_input(self.input, known=snap.run.input)  # keys the run had are not refused now
             input_text(self.input, "--set")
         if snap.compensations():
             raise InputError(f"run {snap.run.id} was compensated; fork it instead (statepipe fork {snap.run.id[:8]})")

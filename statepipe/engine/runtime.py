@@ -82,11 +82,13 @@ class Runtime:
         batch: tuple[str, int] | None = None,
         dry_run: bool = False,
         no_cache: bool = False,
+        output_dir: str | None = None,
     ) -> str:
         """Validate the input and record a pending run: owned by this runtime from the first
         instant (so no worker grabs it), or, with `detach`, left for any worker."""
         return self.create_runs(loaded, [run_input], detach=detach, batch_id=batch[0] if batch else None,
-                                batch_indices=[batch[1]] if batch else None, dry_run=dry_run, no_cache=no_cache)[0]
+                                batch_indices=[batch[1]] if batch else None, dry_run=dry_run, no_cache=no_cache,
+                                output_dir=output_dir)[0]
 
     def create_runs(
         self,
@@ -98,9 +100,11 @@ class Runtime:
         batch_indices: Sequence[int] | None = None,
         dry_run: bool = False,
         no_cache: bool = False,
+        output_dir: str | None = None,
     ) -> list[str]:
         """Many runs of one workflow in one transaction (see create_run); a batch's runs carry
-        their line numbers in `batch_indices`."""
+        their line numbers in `batch_indices`. `output_dir` (absolute), recorded in the
+        run_created event, is where later commands keep writing the run's event file."""
         wf = loaded.workflow
         owner = None if detach else self.owner
         fingerprint = wf.fingerprint()
@@ -111,7 +115,8 @@ class Runtime:
                 raise InputError(f"run input must be a JSON object, got {type(run_input).__name__}")
             wf.check_input(run_input)
             input_json = input_text(run_input)
-            event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {})})
+            event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {}),
+                                                  **({"output_dir": output_dir} if output_dir else {})})
             runs.append(NewRun(
                 str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner=owner, batch_id=batch_id,
                 batch_index=batch_indices[offset] if batch_indices is not None else None, dry_run=dry_run,
@@ -209,9 +214,10 @@ class Runtime:
         plan.changed = changed
         return plan
 
-    def fork(self, source: str, loaded: Loaded | None = None, from_steps: Sequence[str] = ()) -> str:
+    def fork(self, source: str, loaded: Loaded | None = None, from_steps: Sequence[str] = (), output_dir: str | None = None) -> str:
         """A new run that starts with the source's outputs upstream of `from_steps` (all of its
-        completed steps when none are named) and runs the rest; the source is not touched."""
+        completed steps when none are named) and runs the rest; the source is not touched.
+        `output_dir`: recorded as in create_runs."""
         snap = self.store.snapshot(source)
         wf = (loaded or self._load_for(snap.run)).workflow
         for name in from_steps:
@@ -221,7 +227,8 @@ class Runtime:
         done = {s.name for s in snap.parents() if s.state in ("succeeded", "skipped")}
         keep = [s.name for s in wf.steps if s.name in done and s.name not in redo]
         run_id = str(uuid.uuid4())
-        event = NewEvent("run_created", data={"workflow": wf.name, "input": snap.run.input, "forked_from": source, "reused": keep})
+        event = NewEvent("run_created", data={"workflow": wf.name, "input": snap.run.input, "forked_from": source, "reused": keep,
+                                              **({"output_dir": output_dir} if output_dir else {})})
         input_json = json.dumps(snap.run.input, ensure_ascii=False)
         run = NewRun(
             run_id, wf.name, snap.run.workflow_ref, input_json, [], event, owner=self.owner, fingerprint=wf.fingerprint()

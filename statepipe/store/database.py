@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from statepipe.errors import DatabaseUnavailable
+from statepipe.errors import ConfigError, DatabaseUnavailable
 from statepipe.store import embedded
 from statepipe.store.store import Store, ensure_schema, first_line
 
@@ -95,7 +95,7 @@ def open_store(url: str | None, *, max_size: int = 4, timeout: float = 30.0) -> 
     try:
         conninfo = psycopg.conninfo.make_conninfo(resolve_url(url), client_encoding="UTF8")
     except psycopg.ProgrammingError as exc:
-        raise DatabaseUnavailable(f"invalid database URL: {first_line(exc)}") from exc
+        raise ConfigError(f"invalid database URL: {first_line(exc)}") from exc
     try:
         conn = psycopg.connect(conninfo, connect_timeout=5, autocommit=True)
         ensure_schema(conn)

@@ -205,6 +205,7 @@ def _hook(name: str, fail: bool = False):
 
 hooked = Workflow(
     "hooked",
+    extra_inputs=True,  # its hooks read hook_log from ctx.input; no step takes it
     retry=RetryPolicy(max_attempts=2, initial_interval=0.05, backoff="fixed"),
     on_init=_hook("on_init"),
     on_progress=_hook("on_progress"),
