@@ -135,12 +135,15 @@ def test_failed_run_exits_1_and_says_how_to_retry(cli, store):
     assert store.get_run(run_id).error == "step explode failed: RuntimeError: boom after 41"
 
 
-def test_piped_run_keeps_going_when_the_reader_leaves(cli, spawn, store):
-    # `statepipe run x | head -1`: the reader goes away, the run does not
+def test_piped_run_stops_when_the_reader_leaves_and_stays_resumable(cli, spawn, store):
+    # `statepipe run x | head -1`: the reader went away, as a first Ctrl-C would say: no new
+    # steps, the process exits promptly (130), and the run resumes to success
     proc = spawn("run", CRASHY, "-i", "pause=0.2", "-i", "items=3")
     run_id = json.loads(proc.stdout.readline())["run_id"]
     proc.stdout.close()
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=60) == 130
+    assert store.get_run(run_id).shown_state == "interrupted"
+    assert cli("resume", run_id).returncode == 0
     assert store.get_run(run_id).state == "succeeded"
 
 

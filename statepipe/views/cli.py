@@ -253,9 +253,11 @@ def _execute(
     runtime.listen(on_code_changed)
 
     loop_of: list[Any] = []
+    closed: list[bool] = []  # the reader left before the loop ran: it stops as it starts
 
     def stop_now() -> None:
         """From the views' thread: start nothing new and stop running steps; resumable."""
+        closed.append(True)
         if loop_of:
             loop_of[0].call_soon_threadsafe(lambda: (runtime.stop(), runtime.interrupt()))
 
@@ -266,6 +268,8 @@ def _execute(
 
     async def main() -> str:
         loop_of.append(asyncio.get_running_loop())
+        if closed:
+            runtime.stop()
         say = (lambda msg: setattr(live, "notice", msg)) if live else None
         _drain_on_signals(runtime, grace, "the run", say=say, last_words=last_words)
         return (await runtime.execute(run_id, loaded, rerun=rerun, strict=strict)).state
@@ -285,9 +289,7 @@ def _execute(
         results.close()
     for line in changed_code:
         err.print(line, markup=False)
-    _report(store.get_run(run_id), state, time.monotonic() - began)
-    if state == "failed":
-        _report_failures(store.snapshot(run_id))
+    _report(store.get_run(run_id), state, time.monotonic() - began, store.snapshot(run_id) if state == "failed" else None)
     if state == "succeeded" and rerun is not None:
         _report_reuse(store.snapshot(run_id), rerun)
     runtime.close()
@@ -353,14 +355,18 @@ def _failure_hint(run: Any) -> str:
     return f"retry the failed steps with: statepipe resume {run.id}"
 
 
-def _report(run: Any, state: str, took: float) -> None:
-    """How this execution ended; `took` is its own time, not the run's since it first started."""
+def _report(run: Any, state: str, took: float, snap: Any = None) -> None:
+    """How this execution ended; `took` is its own time, not the run's since it first started.
+    A failure says where it happened (with `snap`, the run's snapshot), the hint last."""
     from statepipe.views.style import format_duration
 
     if state == "succeeded":
         err.print(f"[green]succeeded[/green] in {format_duration(took)} · {run.steps_done}/{run.steps_total} steps · statepipe inspect {run.id[:8]}")
     elif state == "failed":
-        err.print(f"[red]failed[/red]: {run.error}\n{_failure_hint(run)}")
+        err.print(f"[red]failed[/red]: {run.error}")
+        if snap is not None:
+            _report_failures(snap)
+        err.print(_failure_hint(run))
     elif state == "interrupted":
         err.print(f"interrupted; the run is resumable: statepipe resume {run.id}")
     elif state == "paused":
