@@ -27,3 +27,9 @@ def database_url(flag: str | None = None) -> str | None:
 
 def lease_seconds() -> float:
     return float(os.environ.get("STATEPIPE_LEASE_SECONDS", "15"))
+
+
+def pool_timeout() -> float:
+    """Seconds a command waits for a pooled connection (PostgreSQL away, or every connection
+    busy) before it calls the database unavailable; the engine then tries again."""
+    return float(os.environ.get("STATEPIPE_POOL_TIMEOUT", "30"))

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from statepipe.errors import (
     StatepipeError,
 )
 from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
-from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store
+from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store, first_line
 
 log = logging.getLogger("statepipe.runtime")
 
@@ -47,6 +48,18 @@ class Outcome:
     state: str  # succeeded, failed, cancelled, paused, or "interrupted" (left resumable)
     result: Any = None  # the run's result, when it succeeded
     run: RunRow | None = None  # the run row as the executor left it
+
+
+# a run this worker failed to execute is passed over for SETBACK_S, doubling each time in a row
+SETBACK_S = 1.0
+SETBACK_MAX_S = 300.0
+
+
+@dataclass(frozen=True)
+class _Setback:
+    times: int  # failures in a row
+    until: float  # monotonic time until which the run is passed over
+    reason: str  # what was said on stderr
 
 
 class Runtime:
@@ -65,7 +78,7 @@ class Runtime:
         self._closing = threading.Event()
         self._control: threading.Thread | None = None
         self._stopping = False
-        self._skip: set[str] = set()  # runs this process failed to load: another worker may succeed
+        self._setbacks: dict[str, _Setback] = {}  # runs this worker let go because of an error
         self._definitions: dict[tuple[str, str], Loaded] = {}  # (ref, name) -> loaded and validated once
 
     def listen(self, fn: Listener) -> None:
@@ -270,19 +283,20 @@ class Runtime:
         finished = 0
 
         def request(limit: int) -> ClaimRequest:
+            # not the runs it executes either: their lease may have lapsed while the database
+            # was away, and a claim would fence their executor out mid-step
             return ClaimRequest(
                 self.owner, self.lease_ttl, limit, workflows=tuple(workflows) if workflows else None,
-                batch_id=batch_id, skip=tuple(sorted(self._skip)),
+                batch_id=batch_id, skip=tuple(sorted(self._passed_over() | active.keys())),
             )
 
         def free() -> int:
             return concurrency - len(active) + len(handed) - len(refills)
 
-        def start(claimed: list[Claim]) -> None:
-            for claim in claimed:
-                task = asyncio.create_task(self._execute_claimed(claim), name=claim.run.id)
-                active[claim.run.id] = task
-                task.add_done_callback(ended)
+        def start(run_id: str, fence: int, claim: Claim | None = None) -> None:
+            task = asyncio.create_task(self._execute_claimed(run_id, fence, claim), name=run_id)
+            active[run_id] = task
+            task.add_done_callback(ended)
 
         def ended(task: asyncio.Task[Outcome]) -> None:
             nonlocal finished
@@ -307,22 +321,31 @@ class Runtime:
             if fut.cancelled():
                 return
             if fut.exception() is None:
-                start(fut.result())
+                for claim in fut.result():
+                    start(claim.run.id, claim.run.fencing_token, claim)
             else:
                 log.warning("cannot claim runs: %s", fut.exception())
             runnable.set()
 
         self._refill = refill
+        host = self.owner.partition(":")[0]
+        next_orphans = 0.0  # when to look for runs whose owner died on this host, once a poll
         try:
             while not self._stopping:
                 runnable.clear()  # before claiming: a run released meanwhile sets it again
                 claimed: list[Claim] = []
-                if free() > 0:
-                    try:
+                try:
+                    if free() > 0 and time.monotonic() >= next_orphans:
+                        next_orphans = time.monotonic() + poll
+                        orphans = await asyncio.to_thread(self.store.claim_orphans, request(free()), host, owner_is_dead)
+                        for run_id, fence in orphans:
+                            start(run_id, fence)
+                    if free() > 0:
                         claimed = await self.writer.claim(request(free()))  # rides with the commits in flight
-                    except DatabaseUnavailable as exc:
-                        log.warning("cannot claim runs: %s", exc)
-                start(claimed)
+                except DatabaseUnavailable as exc:
+                    log.warning("cannot claim runs: %s", exc)
+                for claim in claimed:
+                    start(claim.run.id, claim.run.fencing_token, claim)
                 if until_idle and not active and not claimed and not refills:
                     break
                 # a slot freeing up or a notice sets it; with room for more, poll as well
@@ -340,17 +363,43 @@ class Runtime:
         outside a worker (the caller commits it as any other)."""
         return self._refill(run_id, change) if self._refill is not None else None
 
-    async def _execute_claimed(self, claim: Claim) -> Outcome:
-        run_id = claim.run.id
+    async def _execute_claimed(self, run_id: str, fence: int, claim: Claim | None = None) -> Outcome:
+        """Execute a run this worker claimed (`claim`: as claim_runs returned it). A run whose
+        execution fails (its code missing or broken here, or a bug that escapes the executor)
+        must neither stop the worker nor be claimed again at once: the run is released, and
+        this worker passes it over for a while (see _set_back)."""
         if self._stopping:  # claimed as the worker began to drain: left to another worker
-            await asyncio.to_thread(self.store.release, run_id, claim.run.fencing_token)
+            await asyncio.to_thread(self.store.release, run_id, fence)
             return Outcome(run_id, "interrupted")
         try:
-            return await self.execute(run_id, fence=claim.run.fencing_token, claimed=claim)
-        except StatepipeError as exc:  # one run we cannot execute (its code is missing here) must not stop a worker
-            log.error("run %s: %s; leaving it to other workers", run_id, exc)
-            self._skip.add(run_id)
+            outcome = await self.execute(run_id, fence=fence, claimed=claim)
+        except LeaseLost as exc:  # fenced out: the run is in other hands, held by their lease
+            log.warning("%s; left to it", exc)
+            return Outcome(run_id, "interrupted")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - SystemExit too: a workflow file calling sys.exit() at import
+            self._set_back(run_id, exc)
             return Outcome(run_id, "error")
+        self._setbacks.pop(run_id, None)
+        return outcome
+
+    def _set_back(self, run_id: str, exc: BaseException) -> None:
+        """Pass the run over for SETBACK_S seconds, doubling with each failure in a row up to
+        SETBACK_MAX_S: a later attempt may succeed (a fix deployed, the database back), an
+        immediate one would fail the same way, over and over. Said on stderr once per reason."""
+        reason = first_line(exc).removeprefix(f"run {run_id}: ")
+        if not isinstance(exc, StatepipeError):  # a bug's message means little without its type
+            reason = f"{type(exc).__name__}: {reason}" if str(exc) else type(exc).__name__
+        last = self._setbacks.get(run_id)
+        times = last.times + 1 if last else 1
+        wait = min(SETBACK_S * 2 ** (times - 1), SETBACK_MAX_S)
+        self._setbacks[run_id] = _Setback(times, time.monotonic() + wait, reason)
+        if last is None or last.reason != reason:
+            log.error("run %s: %s; this worker tries it again later, waiting longer each time", run_id, reason)
+
+    def _passed_over(self) -> set[str]:
+        """The runs this worker is not to claim now (see _set_back)."""
+        now = time.monotonic()
+        return {run_id for run_id, s in self._setbacks.items() if s.until > now}
 
     # -- control ----------------------------------------------------------------------------
 
@@ -364,14 +413,23 @@ class Runtime:
         self._control.start()
 
     def _listen_control(self) -> None:
+        """Reconnects every second while the database is away, saying so once. Notices sent
+        meanwhile are lost, so once back it wakes the workers to claim at once (executors read
+        their requests with each heartbeat)."""
+        lost = False
         while not self._closing.is_set():
             try:
                 with self.store.listening(CONTROL_CHANNEL, RUNNABLE_CHANNEL) as conn:
+                    if lost:
+                        lost = False
+                        self._wake_workers()
                     while not self._closing.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self._on_notify(note.channel, note.payload)
             except (DatabaseUnavailable, psycopg.Error) as exc:
-                log.warning("control channel lost: %s", exc)
+                if not lost:
+                    log.warning("control channel lost: %s", exc)
+                lost = True
                 self._closing.wait(1.0)
 
     def _on_notify(self, channel: str, payload: str) -> None:

@@ -65,12 +65,12 @@ class Writer:
         *,
         linger: float = 0.05,
         max_batch: int = 500,
-        reconnect_for: float = 300.0,
+        refused_for: float = 300.0,
     ) -> None:
         self.store = store
         self.linger = linger
         self.max_batch = max_batch
-        self.reconnect_for = reconnect_for
+        self.refused_for = refused_for
         self.transactions = 0
         self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._listeners: list[Listener] = []
@@ -307,12 +307,29 @@ class Writer:
             pass
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=5),
-            stop=tenacity.stop_after_delay(self.reconnect_for),
+            wait=_backoff,
+            stop=lambda rs: not _away(rs) and (rs.seconds_since_start or 0.0) >= self.refused_for,
             reraise=True,
             before_sleep=lambda rs: log.warning("database unavailable, retrying: %s", rs.outcome.exception() if rs.outcome else ""),
         )
         return retrying(self.store.commit, changes)
+
+
+def _away(state: tenacity.RetryCallState) -> bool:
+    """Whether the last attempt failed for want of a connection (none to be had, or the server
+    went down under it), rather than a statement the server refused (disk full, a limit): the
+    first is waited out however long it lasts, the second only for `Writer.refused_for`."""
+    exc = state.outcome.exception() if state.outcome else None
+    sqlstate = getattr(exc.__cause__ if exc else None, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(("08", "57P"))
+
+
+def _backoff(state: tenacity.RetryCallState) -> float:
+    """Seconds before the next attempt: doubling from 0.2, up to 5 when the server refused the
+    change, but up to 1 when it is away. While it is away an attempt waits for a connection
+    (up to the pool's timeout), so this is no hot loop; and the attempt after the server is
+    back is what takes the first connection, so a long wait here would be a late recovery."""
+    return min(0.2 * 2 ** (state.attempt_number - 1), 1.0 if _away(state) else 5.0)
 
 
 # a waiter, and what it is settled with: the events committed, or why not
@@ -327,13 +344,17 @@ def _items(queued: object) -> list[_Item | _ClaimItem]:
 
 
 def _merged(claims: list[_ClaimItem]) -> dict[ClaimRequest, list[_ClaimItem]]:
-    """Claims alike but for their limit, as one request each: several runs of a worker ending in
-    one commit each ask for their slot's next run (Runtime.work), and one scan of the runs
-    serves them all."""
+    """Claims alike but for their limit and the runs they pass over, as one request each: several
+    runs of a worker ending in one commit each ask for their slot's next run (Runtime.work), and
+    one scan of the runs serves them all. The worker's runs in flight, which it passes over,
+    change between those asks; the merged request passes over every run any of them did."""
     alike: dict[ClaimRequest, list[_ClaimItem]] = {}
     for item in claims:
-        alike.setdefault(replace(item.request, limit=0), []).append(item)
-    return {replace(key, limit=sum(i.request.limit for i in items)): items for key, items in alike.items()}
+        alike.setdefault(replace(item.request, limit=0, skip=()), []).append(item)
+    return {
+        replace(key, limit=sum(i.request.limit for i in items), skip=tuple(sorted({r for i in items for r in i.request.skip}))): items
+        for key, items in alike.items()
+    }
 
 
 def _resolve(outcomes: list[_Waiter]) -> None:

@@ -81,7 +81,7 @@ def _pgserver() -> tuple[Any, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import, one per binary
     return pgserver, pg_ctl
 
 
