@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 import random
 import signal
 import subprocess
@@ -258,7 +259,7 @@ def test_kill_9_of_run_and_of_its_resumes_at_random_moments(spawn, cli, store):
     _random_kill_trials(spawn, cli, store, trials=12, seed=int(os.environ.get("FAULT_SEED", "11")), kills=3)
 
 
-# -- workers: kill -9 of one of three, takeover after the lease ---------------------------------------
+# -- workers: kill -9 of one of three, takeover by another -------------------------------------------
 
 
 def _worker_takeover(spawn: Any, cli: Any, store: Any, runs: int, kill_when: Any) -> set[tuple[str, str]]:
@@ -284,10 +285,8 @@ def _worker_takeover(spawn: Any, cli: Any, store: Any, runs: int, kill_when: Any
     snap = wait_for(victim_run, 60, "a worker mid-run")
     victim = by_pid[owner_pid(snap.run.owner)]
     kill9(victim)
-    # the dead worker can no longer renew its lease: nobody may take the run before this instant
+    killed_at = datetime.now(timezone.utc)
     at_kill = store.snapshot(snap.run.id)
-    lease_end = at_kill.run.lease_expires_at
-    assert lease_end is not None
     in_flight = {key(s) for s in work_steps(at_kill) if s.state == "running" and not s.fanout}
 
     finished = wait_for(lambda: all(store.get_run(r).state == "succeeded" for r in run_ids), 90, "every run to finish", 0.2)
@@ -302,12 +301,13 @@ def _worker_takeover(spawn: Any, cli: Any, store: Any, runs: int, kill_when: Any
         after = store.snapshot(run_id)
         assert_each_step_succeeded_once(after)
         assert after.result() == EXPECTED
-    # the orphaned run was resumed once, by a surviving worker, only after the dead one's lease ended
+    # the orphaned run was resumed once, by a surviving worker, after the kill: on this host at
+    # once (the dead worker's pid is gone; test_recovery.py shows it before the lease ends)
     events = store.events_after(snap.run.id, 0, 100_000)
     resumes = [e for e in events if e.type == "run_resumed"]
     assert len(resumes) == 1, [e.data for e in resumes]
     assert owner_pid(resumes[0].data["owner"]) in {w.pid for w in survivors}
-    assert resumes[0].ts >= lease_end
+    assert resumes[0].ts >= killed_at
     assert resumes[0].data["from_state"] == "running"
     abandoned = {key(s) for s in work_steps(store.snapshot(snap.run.id)) if "abandoned" in [a.state for a in s.attempts]}
     assert abandoned == in_flight  # the attempts the dead worker had in flight, and only those
@@ -351,7 +351,7 @@ def _seed_done(snap: Any) -> bool:
     return any(s.name == "seed" and s.state == "succeeded" for s in snap.steps)
 
 
-def test_kill_9_of_one_of_three_workers_mid_run_the_others_take_it_over_after_its_lease(spawn, cli, store):
+def test_kill_9_of_one_of_three_workers_mid_run_the_others_take_it_over(spawn, cli, store):
     in_flight = _worker_takeover(spawn, cli, store, runs=3, kill_when=_seed_done)
     assert in_flight, "the killed worker should have had steps in flight"
 

@@ -46,6 +46,7 @@ class _Item:
     soft: bool
     future: Future[list[Event]] | asyncio.Future[list[Event]] | None = None
     queued_at: float = field(default_factory=time.monotonic)
+    parts: list[str] | None = None  # an output event's text, still growing while it waits (publish)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Writer:
         self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._listeners: list[Listener] = []
         self._lost: set[str] = set()
+        self._merging = threading.Lock()  # guards _open_text, shared by the steps' threads and the writer
+        self._open_text: dict[tuple[str, str | None, str | None, int | None], list[str]] = {}  # see publish
         self._turn = threading.Lock()  # held by whoever is committing (and, here, gathering)
         self._thread = threading.Thread(target=self._loop, name="statepipe-writer", daemon=True)
         self._thread.start()
@@ -129,6 +132,7 @@ class Writer:
     def submit(self, change: Change) -> Future[list[Event]]:
         """Queue a transition; the future resolves once it is committed."""
         fut: Future[list[Event]] = Future()
+        self._close_text(change.run_id)
         self._q.put(_Item(change, soft=False, future=fut))
         return fut
 
@@ -136,6 +140,7 @@ class Writer:
         """`submit` for a coroutine: a future of the running loop, which the writer resolves
         together with every other of that loop's waiters in its batch (one wake-up, not one each)."""
         fut: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        self._close_text(change.run_id)
         self._q.put(_Item(change, soft=False, future=fut))
         return fut
 
@@ -155,6 +160,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Event]] = loop.create_future()
         claimed: asyncio.Future[list[Claim]] = loop.create_future()
+        self._close_text(change.run_id)
         self._q.put((_Item(change, soft=False, future=done), _ClaimItem(request, claimed)))
         return done, claimed
 
@@ -182,9 +188,48 @@ class Writer:
             self._turn.release()
 
     def publish(self, change: Change) -> None:
-        """Queue progress/output events; committed within `linger` seconds."""
-        if change.run_id not in self._lost:
-            self._q.put(_Item(change, soft=True))
+        """Queue progress/output events; committed within `linger` seconds.
+
+        An output chunk joins its attempt's text still waiting in the queue, if any, instead of
+        queueing another item: a step emitting faster than the store commits holds its unsent
+        text, not a million queued objects (memory stays flat while a model streams for hours).
+        Any other event of the attempt, or a transition of the run, closes that text, so text
+        never moves across an event."""
+        if change.run_id in self._lost:
+            return
+        events = change.events
+        if len(events) == 1 and events[0].type == "output":
+            e = events[0]
+            key = (change.run_id, e.step, e.item, e.attempt)
+            with self._merging:
+                parts = self._open_text.get(key)
+                if parts is not None:
+                    parts.append(e.data["text"])
+                    return
+                parts = self._open_text[key] = [e.data["text"]]
+            self._q.put(_Item(change, soft=True, parts=parts))
+            return
+        with self._merging:
+            for e in events:
+                self._open_text.pop((change.run_id, e.step, e.item, e.attempt), None)
+        self._q.put(_Item(change, soft=True))
+
+    def _close_text(self, run_id: str) -> None:
+        with self._merging:
+            for key in [k for k in self._open_text if k[0] == run_id]:
+                del self._open_text[key]
+
+    def _taken(self, queued: object) -> object:
+        """An item leaving the queue: its text, if still open, is closed and joined now."""
+        if isinstance(queued, _Item) and queued.parts is not None:
+            e = queued.change.events[0]
+            with self._merging:
+                key = (queued.change.run_id, e.step, e.item, e.attempt)
+                if self._open_text.get(key) is queued.parts:
+                    del self._open_text[key]
+                e.data = {**e.data, "text": "".join(queued.parts)}
+            queued.parts = None
+        return queued
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed and handed to the views."""
@@ -208,7 +253,7 @@ class Writer:
 
     def _loop(self) -> None:
         while True:
-            first = self._q.get()
+            first = self._taken(self._q.get())
             if first is _STOP:
                 return
             batch: list[_Item | _ClaimItem] = _items(first)
@@ -227,7 +272,7 @@ class Writer:
         while len(batch) < self.max_batch:
             timeout = deadline - time.monotonic() if all(i.soft for i in batch) else 0.0
             try:
-                nxt = self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait()
+                nxt = self._taken(self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait())
             except queue.Empty:
                 return False
             if nxt is _STOP:
