@@ -1,4 +1,4 @@
--- statepipe schema, version 6.
+-- statepipe schema, version 7.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -43,8 +43,10 @@ CREATE INDEX IF NOT EXISTS runs_id_prefix_idx ON statepipe.runs (id text_pattern
 CREATE INDEX IF NOT EXISTS runs_state_created_idx ON statepipe.runs (state, created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_workflow_created_idx ON statepipe.runs (workflow, created_at DESC);
 -- what workers scan: the few runs that still want an executor
-CREATE INDEX IF NOT EXISTS runs_claimable_idx ON statepipe.runs (created_at)
-    WHERE state IN ('pending', 'running') OR requested IS NOT NULL;
+-- v7: waiting runs too (claimed once their wake_at comes), so the index says which of its version
+DROP INDEX IF EXISTS statepipe.runs_claimable_idx;
+CREATE INDEX IF NOT EXISTS runs_claimable_v7_idx ON statepipe.runs (created_at)
+    WHERE state IN ('pending', 'running', 'waiting') OR requested IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS runs_batch_idx ON statepipe.runs (batch_id, batch_index)
     WHERE batch_id IS NOT NULL;
 
@@ -91,6 +93,20 @@ ALTER TABLE statepipe.attempts ADD COLUMN IF NOT EXISTS traceback text;
 ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS active_s float8 NOT NULL DEFAULT 0;
 ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS resumed_at timestamptz;
 
+-- v7: durable waits for a person's input (ctx.wait_for). A waiting step's row says what it waits
+-- for ({name, schema, deadline}); the run, in state waiting, has no owner and wants one again at
+-- wake_at (a value arrived: now; else the nearest deadline). Values sent to a run are kept by name,
+-- one per name, whether or not a step waits for it yet.
+ALTER TABLE statepipe.steps ADD COLUMN IF NOT EXISTS waiting_for jsonb;
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS wake_at timestamptz;
+CREATE TABLE IF NOT EXISTS statepipe.signals (
+    run_id   text NOT NULL,
+    name     text NOT NULL,
+    value    jsonb NOT NULL,
+    sent_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, name)
+);
+
 CREATE INDEX IF NOT EXISTS attempts_cache_idx ON statepipe.attempts (cache_key, finished_at DESC)
     WHERE cache_key IS NOT NULL AND state = 'succeeded';
 CREATE INDEX IF NOT EXISTS runs_forked_from_idx ON statepipe.runs (forked_from) WHERE forked_from IS NOT NULL;
@@ -128,7 +144,9 @@ ALTER TABLE statepipe.steps SET (fillfactor = 70);
 --   runs:       [{id, fence, n}]  each run's fencing token and how many events it appends
 --   events:     [{b, pos, ts, type, step, item, attempt, data}]  b: 1-based index into runs
 --   run_writes: [{id, state, started_at, finished_at, error, clear_request, release, begin, input,
---                 fingerprint}]  applied in order; `begin`: an owner starts executing it now
+--                 fingerprint, wake_at, awaits}]  applied in order; `begin`: an owner starts
+--                 executing it now; `awaits`: the input names a run going `waiting` waits for
+--                 (a value already sent for one wakes it at once: a send never slips between)
 --   new_steps, steps, attempts: step rows to insert, step rows to update, attempts that ended
 --   (a part with nothing to write is left out)
 --   values:     JSON values the attempts point at by index (o: output, u: usage), spliced in
@@ -212,7 +230,11 @@ BEGIN
                    owner = CASE WHEN (w->>'release')::boolean THEN NULL ELSE owner END,
                    lease_expires_at = CASE WHEN (w->>'release')::boolean THEN NULL ELSE lease_expires_at END,
                    input = coalesce(nullif(w->'input', 'null'), input),
-                   fingerprint = coalesce(nullif(w->'fingerprint', 'null'), fingerprint)
+                   fingerprint = coalesce(nullif(w->'fingerprint', 'null'), fingerprint),
+                   wake_at = CASE WHEN w->>'state' <> 'waiting' THEN NULL
+                       WHEN EXISTS (SELECT 1 FROM statepipe.signals g WHERE g.run_id = w->>'id'
+                                     AND g.name IN (SELECT jsonb_array_elements_text(w->'awaits'))) THEN now()
+                       ELSE (w->>'wake_at')::timestamptz END
              WHERE id = w->>'id';
         END LOOP;
     END IF;
@@ -226,11 +248,11 @@ BEGIN
     IF p ? 'steps' THEN
         UPDATE statepipe.steps s SET state = u.state, attempt = u.attempt, started_at = u.started_at,
                finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at,
-               overrides = u.overrides, feedback = u.feedback, item_index = u.item_index
+               overrides = u.overrides, feedback = u.feedback, item_index = u.item_index, waiting_for = u.waiting_for
           FROM jsonb_to_recordset(p->'steps')
                AS u(run_id text, name text, item text, state text, attempt integer, started_at timestamptz,
                     finished_at timestamptz, error text, next_attempt_at timestamptz, overrides jsonb,
-                    feedback text, item_index integer)
+                    feedback text, item_index integer, waiting_for jsonb)
          WHERE s.run_id = u.run_id AND s.name = u.name AND s.item = u.item;
     END IF;
     IF p ? 'attempts' THEN
@@ -271,7 +293,8 @@ DECLARE
 BEGIN
     WITH c AS (
         SELECT id FROM statepipe.runs
-         WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry'))
+         WHERE (state IN ('pending', 'running') OR (state = 'failed' AND requested = 'retry')
+                OR (state = 'waiting' AND wake_at <= now()))
            AND (owner IS NULL OR lease_expires_at < now())
            AND (wanted IS NULL OR workflow = ANY (wanted))
            AND (in_batch IS NULL OR batch_id = in_batch)
@@ -294,4 +317,4 @@ END $$;
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (7) ON CONFLICT DO NOTHING;

@@ -75,6 +75,11 @@ class StepTimeout(Exception):
     """A step ran longer than its timeout."""
 
 
+class StepProcessDied(StatepipeError):
+    """The process running a `process=True` step died mid-attempt (a signal, os._exit, the OOM
+    killer): that attempt fails, retried per the step's policy; the run's process lives on."""
+
+
 class NonRetryable(Exception):
     """Raise from a step to fail it at once, whatever its retry policy says."""
 
@@ -83,3 +88,32 @@ class NonRetryable(Exception):
 EXIT_RUN_FAILED = 1
 EXIT_RUN_CANCELLED = 6
 EXIT_INTERRUPTED = 130
+
+
+class RunFailed(StatepipeError):
+    """A run the caller waited for (`RunHandle.result`, `Workflow.run`) failed. It carries where
+    and why, so a script can report or handle it without reading the store: `step` (and `item`,
+    for a fan-out child) that failed, its `error` and the user `traceback` of its last attempt
+    (None when the run failed as a whole, e.g. its timeout); `str()` is the run's error."""
+
+    exit_code = EXIT_RUN_FAILED
+
+    def __init__(
+        self, run_id: str, message: str, step: str | None = None, item: str | None = None,
+        error: str | None = None, traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id, self.step, self.item = run_id, step, item
+        self.error = error if error is not None else message
+        self.traceback = traceback
+
+
+class RunCancelled(StatepipeError):
+    """A run the caller waited for was cancelled: it has no result, since `resume` refuses a
+    cancelled run (`rerun` or `fork` runs its steps again)."""
+
+    exit_code = EXIT_RUN_CANCELLED
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was cancelled")
+        self.run_id = run_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from pathlib import Path
@@ -18,12 +19,12 @@ def read_text(path: str | Path, source: str) -> str:
         raw = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        return raw.decode("utf-8-sig")
+        return raw[skip:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{source} is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} ({exc.reason}); save it as UTF-8"
-        ) from None
+        at = skip + exc.start  # counted in the file, byte-order mark included
+        raise InputError(f"{source} is not UTF-8: byte 0x{raw[at]:02x} at offset {at} ({exc.reason}); save it as UTF-8") from None
 
 
 def _loads(text: str, where: str) -> Any:
@@ -33,7 +34,7 @@ def _loads(text: str, where: str) -> Any:
     except json.JSONDecodeError:
         raise
     except RecursionError:
-        raise InputError(f"{where} nests deeper than {MAX_DEPTH} levels, statepipe's limit for a value") from None
+        raise InputError(f"{where} nests too many levels deep; statepipe stores values up to {MAX_DEPTH} levels") from None
     except ValueError as exc:  # an integer of more digits than Python converts
         raise InputError(f"invalid JSON in {where}: {exc}") from None
 
@@ -47,6 +48,14 @@ def json_object(text: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InputError(f"input in {where} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def json_value(text: str, where: str) -> Any:
+    """Any JSON value, or an InputError naming `where` and the position of the fault."""
+    try:
+        return _loads(text, where)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON in {where}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
 
 def json_or_text(raw: str, where: str = "a value") -> Any:

@@ -3,6 +3,8 @@
 Each branch is CPU-bound pure Python with its own `random.Random(seed + k)`, so the result
 depends only on the inputs: two runs with the same seed give identical numbers, and a branch
 re-executed after a crash or a `rerun` reproduces exactly what it produced the first time.
+The branches run as process steps (`process=True`), each in a process of its own: on threads
+they would share one interpreter lock, and so one core.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _chunks(total: int) -> Iterator[tuple[int, int]]:
         yield n, done
 
 
-@wf.step
+@wf.step(process=True)
 def pi_estimate(ctx: StepContext, seed: int = 42, samples: int = 200_000) -> dict[str, Any]:
     """Estimate pi from the fraction of uniform points in the unit square inside the quarter circle."""
     n = _sample_count(samples)
@@ -60,7 +62,7 @@ def pi_estimate(ctx: StepContext, seed: int = 42, samples: int = 200_000) -> dic
     return {"samples": n, "inside": inside, "estimate": 4 * p, "std_error": 4 * math.sqrt(p * (1 - p) / n)}
 
 
-@wf.step
+@wf.step(process=True)
 def e_estimate(ctx: StepContext, seed: int = 42, samples: int = 200_000) -> dict[str, Any]:
     """Estimate e as the mean number of uniforms needed for their sum to exceed 1."""
     n = _sample_count(samples)
@@ -81,7 +83,7 @@ def e_estimate(ctx: StepContext, seed: int = 42, samples: int = 200_000) -> dict
     return {"samples": n, "draws": total, "estimate": mean, "std_error": math.sqrt(variance / n)}
 
 
-@wf.step
+@wf.step(process=True)
 def random_walk(ctx: StepContext, seed: int = 42, samples: int = 200_000) -> dict[str, Any]:
     """Simulate `samples` simple ±1 walks of WALK_STEPS steps; keep sums for the statistics."""
     n = _sample_count(samples)

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,16 @@ def workflow_dirs() -> list[Path]:
     return dirs
 
 
+# a server loads workflows on several threads (requests, its worker): a file imported once
+_IMPORTING = threading.RLock()
+
+
 def _import_file(path: Path) -> object:
+    with _IMPORTING:
+        return _import_once(path)
+
+
+def _import_once(path: Path) -> object:
     key = "statepipe_wf_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     if key in sys.modules:
         return sys.modules[key]
@@ -83,6 +93,15 @@ def load(spec: str) -> Loaded:
     if spec.endswith(".py") or ".py:" in spec:
         file, _, obj = spec.partition(".py")
         return load_file(Path(file + ".py"), obj.lstrip(":") or None)
+    return load_named(spec)
+
+
+def load_named(spec: str) -> Loaded:
+    """Load a workflow by its name only, from the workflow folders: what a name from another
+    machine (an HTTP request) may load. Workflow names are letters, digits, '_' and '-' (see
+    Workflow), so nothing else is looked for: a path would import any file, running its code."""
+    if not spec.replace("_", "").replace("-", "").isalnum():
+        raise NotFoundError(f"unknown workflow {spec!r}: workflow names are letters, digits, '_' or '-'; see `statepipe workflows`")
     for d in workflow_dirs():
         candidate = d / f"{spec}.py"
         if candidate.is_file():

@@ -8,7 +8,7 @@ from typing import Literal
 
 import tenacity
 
-from statepipe.errors import NonRetryable, StepTimeout
+from statepipe.errors import NonRetryable, StepProcessDied, StepTimeout
 
 Backoff = Literal["exponential", "linear", "fixed"]
 
@@ -52,7 +52,7 @@ class RetryPolicy:
             return False
         if isinstance(error, NonRetryable) or isinstance(error, self.never_retry):
             return False
-        return isinstance(error, self.retry_on) or isinstance(error, StepTimeout)
+        return isinstance(error, (self.retry_on, StepTimeout, StepProcessDied))
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based). An exception carrying

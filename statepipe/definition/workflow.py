@@ -54,6 +54,7 @@ class Step:
     cache_ttl: float | None = None  # seconds a cached output stays usable (None: forever)
     version: str = ""  # bump to invalidate caches and mark the step changed without editing code
     model: str | None = None  # the LLM an llm_step calls
+    process: bool | None = None  # run in a process of the runtime's pool; None: the workflow's setting
     params: tuple[Param, ...] = ()
     is_async: bool = False
     # resolved by Workflow.validate()
@@ -126,6 +127,7 @@ class Workflow:
         cache: bool = False,
         max_abandoned: int = 5,
         extra_inputs: bool = False,
+        process: bool = False,
         **hooks: Callable[..., Any],
     ) -> None:
         """`timeout` bounds the whole run in seconds; `models` names the LLMs its steps call
@@ -135,8 +137,9 @@ class Workflow:
         a row may die with their process before the step fails instead of running again (a
         crash loop ends); `extra_inputs` accepts run-input keys no step parameter names (for
         hooks or steps that read `ctx.input`), which are otherwise refused as typos;
-        `on_init`, `on_progress`, `on_retry`, `on_error`, `on_success` and `on_complete` are
-        hooks called as hook(ctx, meta)."""
+        `process` runs every plain sync step in a process (see `step`), async and LLM steps
+        excepted, since they wait rather than compute; `on_init`, `on_progress`, `on_retry`,
+        `on_error`, `on_success` and `on_complete` are hooks called as hook(ctx, meta)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"workflow name {name!r}: use letters, digits, '_' or '-'")
         if max_concurrency < 1:
@@ -149,6 +152,7 @@ class Workflow:
             raise DefinitionError(f"workflow {name}: max_abandoned must be at least 1")
         self.max_abandoned = max_abandoned
         self.extra_inputs = extra_inputs
+        self.process = process
         self.result_step = result
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"workflow {name}: timeout must be positive")
@@ -185,6 +189,7 @@ class Workflow:
         cache: bool | None = None,
         cache_ttl: float | None = None,
         version: str = "",
+        process: bool | None = None,
     ) -> Any:
         """Decorator registering a step. `retries=N` is shorthand for N retries after the first
         attempt with the workflow's backoff; `retry=RetryPolicy(...)` says everything.
@@ -193,7 +198,10 @@ class Workflow:
         `on_exhausted="pause"` (the run rests paused for a human). `compensate(ctx, output)`
         undoes the step when the run fails or is cancelled with compensation. `cache=True`
         reuses a succeeded attempt of any run whose inputs, upstream outputs, code and
-        `version` match (for `cache_ttl` seconds, or forever)."""
+        `version` match (for `cache_ttl` seconds, or forever). `process=True` runs the step in
+        a process of the runtime's pool: CPU-bound steps then run in parallel, and its timeout, a
+        cancel or `pause --now` kill the process (a thread cannot be stopped). Its function must
+        be a `def` at the top level of the workflow's file, which the process imports."""
 
         def register(f: Callable[..., Any]) -> Step:
             step_name = name or f.__name__
@@ -218,6 +226,8 @@ class Workflow:
                 raise DefinitionError(f"{what}: concurrency must be at least 1")
             if max_abandoned is not None and max_abandoned < 1:
                 raise DefinitionError(f"{what}: max_abandoned must be at least 1")
+            if process and inspect.iscoroutinefunction(f):
+                raise DefinitionError(f"{what}: an async step cannot run in a process; it waits rather than computes")
             params = _params_of(f, what)
             source = _ref_name(map_over, what) if map_over is not None else None
             if source is not None and "item" not in {p.name for p in params}:
@@ -248,6 +258,7 @@ class Workflow:
                 cache=cache,
                 cache_ttl=cache_ttl,
                 version=version,
+                process=process,
                 params=params,
                 is_async=inspect.iscoroutinefunction(f),
             )
@@ -284,6 +295,8 @@ class Workflow:
             raise DefinitionError(f"workflow {self.name}: llm_step with shape {shape!r} needs a schema")
         if on_truncated not in ON_TRUNCATED:
             raise DefinitionError(f"workflow {self.name}: llm_step on_truncated must be {' or '.join(ON_TRUNCATED)}")
+        if step_options.get("process"):
+            raise DefinitionError(f"workflow {self.name}: an llm_step cannot run in a process; it waits on the model rather than computes")
 
         def register(prompt_fn: Callable[..., Any]) -> Step:
             prompt_params = _params_of(prompt_fn, f"workflow {self.name}, step {prompt_fn.__name__}")
@@ -363,6 +376,12 @@ class Workflow:
     def cached(self, step: Step) -> bool:
         return self.cache if step.cache is None else step.cache
 
+    def in_process(self, step: Step) -> bool:
+        """Whether the step runs in a process of the pool (engine/pool.py) rather than on a thread."""
+        if step.process is not None:
+            return step.process
+        return self.process and not step.is_async and step.model is None
+
     def descendants(self, names: Iterable[str]) -> list[str]:
         """The named steps and everything downstream of them, in topological order."""
         marked = set(names)
@@ -397,6 +416,12 @@ class Workflow:
                         deps.append(p.name)
                 else:
                     inputs.append(p)
+            if self.in_process(s) and "<" in s.fn.__qualname__:  # <lambda>, <locals>
+                raise DefinitionError(
+                    f"{what}: a process step's function must be a def at the top level of the workflow's file, "
+                    f"which its process imports; {s.fn.__qualname__} is not"
+                    + ("" if s.process else " (process=False keeps it on a thread)")
+                )
             s.depends_on = tuple(deps)
             s.input_params = tuple(inputs)
             s._fingerprint = None  # dependencies are part of it
@@ -461,6 +486,16 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, steps={list(self._steps)})"
+
+    def run(self, **input: Any) -> Any:
+        """Run the workflow to its end in this process, against the default database (as
+        `statepipe run`: STATEPIPE_DATABASE_URL, else the embedded server), and return its
+        result: the one-liner for scripts and notebooks. Raises RunFailed (naming the failing
+        step and its error) or RunCancelled. For anything more, use statepipe.Client."""
+        from statepipe.client.api import Client
+
+        with Client(workflows=[self]) as client:
+            return client.start(self, input).result()
 
 
 def _stable_topological(

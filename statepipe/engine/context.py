@@ -29,6 +29,8 @@ class StepContext:
     feedback: str | None = None  # what the user asked of this step (rerun --feedback, statepipe feedback)
     usage: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one entry per LLM call
     emitted: int = 0  # output chunks sent: a retry after any marks this attempt's text abandoned
+    _inputs: dict[str, Any] = field(default_factory=dict, repr=False)  # values sent to the run, by name
+    _held: str = field(default="", repr=False)  # half a surrogate pair waiting for its other half (emit)
 
     @property
     def idempotency_key(self) -> str:
@@ -54,15 +56,41 @@ class StepContext:
         self._event("progress", {"message": str(message), **data})
 
     def emit(self, text: str) -> None:
-        """A chunk of partial output, such as streamed tokens."""
-        self._event("output", {"text": str(text)})
-        self.emitted += 1
+        """A chunk of partial output, such as streamed tokens. A chunk ending in the first half of
+        a surrogate pair keeps that half back for the next chunk, so a character sent in two
+        pieces is stored whole (store.storable's rule joins halves that meet)."""
+        text = self._held + str(text)
+        self._held = ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            self._held, text = text[-1], text[:-1]
+        if text:
+            self._event("output", {"text": text})
+            self.emitted += 1
+
+    def flush_held(self) -> None:
+        """The attempt ended with half a character held back: sent as it is (stored as U+FFFD)."""
+        if self._held:
+            self._publish(NewEvent("output", self.step, self.item, self.attempt, {"text": self._held}))
+            self._held = ""
 
     def partial(self, value: Any) -> None:
         """A completed piece of structured output: data, so it must be storable as an output
         must (refused here, in the step, where the fault is)."""
         encode(value, f"step {self.step}" + (f"[{self.item}]" if self.item else ""), "partial value")
         self._event("partial", {"value": value})
+
+    def wait_for(self, name: str, *, schema: Any = None, timeout: float | None = None) -> Any:
+        """The value a person sends under `name` (`statepipe send RUN NAME ...`), checked
+        against `schema` (a pydantic model, whose instance is returned, or a JSON Schema). Not
+        sent yet: the step stops here and waits, durably and holding nothing; once the value
+        comes it runs again from its start and this returns it, so code before the wait must be
+        safe to repeat. `timeout` seconds without a value fail the step (retried per its policy)."""
+        from statepipe.engine.waits import AwaitingInput, schema_json, validated
+
+        self.checkpoint()
+        if name in self._inputs:
+            return validated(self._inputs[name], schema, name)
+        raise AwaitingInput(name, schema_json(schema), timeout)
 
     def record_usage(self, call: dict[str, Any]) -> None:
         """Keep one LLM call's tokens, cost and latency: they are stored with this attempt."""

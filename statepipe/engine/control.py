@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS
+from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.processes import owner_is_dead
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import ConflictError
 from statepipe.lifecycles import RUN_FINISHED, run_lifecycle
 from statepipe.store.records import Change, NewEvent, RunRow, RunWrite, utcnow
-from statepipe.store.store import EVENTS_CHANNEL, wait_for_events
+from statepipe.store.store import EVENTS_CHANNEL, Store, wait_for_events
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,19 @@ def _live_owner(run: RunRow) -> bool:
         and run.lease_expires_at > utcnow()
         and not owner_is_dead(run.owner)
     )
+
+
+TAKE_OVER_S = 30.0  # how long a rerun waits for a live owner to pause
+
+
+def cancel_request(compensate: bool) -> str:
+    return "cancel_compensate" if compensate else "cancel"
+
+
+def pause_request(now: bool, wait: float) -> tuple[str, float]:
+    """The request and how long to wait for a live owner: stopping running steps (`now`) is
+    waited for, at least TAKE_OVER_S, so the caller learns the run is at rest."""
+    return ("pause_now", max(wait, TAKE_OVER_S)) if now else ("pause", wait)
 
 
 async def control(runtime: Runtime, run_id: str, kind: str, wait: float) -> Changed:
@@ -72,12 +86,40 @@ def _await_owner(runtime: Runtime, run_id: str, target: str, wait: float) -> str
             wait_for_events(conn, run_id, min(1.0, remaining))
 
 
+def resumable(store: Store, run_id: str) -> RunRow:
+    """The run, when resume may continue it; a pause nobody carried out yet is withdrawn, since
+    resuming overrules it."""
+    run = store.get_run(run_id)
+    if run.state in ("succeeded", "cancelled"):
+        raise ConflictError(f"run {run_id} already {run.state}; nothing to resume")
+    if run.requested in PAUSE_REQUESTS:
+        store.request(run_id, None)
+    return run
+
+
+async def take_over(runtime: Runtime, run_id: str, say: Callable[[str], None]) -> None:
+    """A rerun needs the run at rest: a live owner is asked to pause at once (its running steps
+    stop and, when not affected, run again after the rerun)."""
+    store = runtime.store
+    run = await asyncio.to_thread(store.get_run, run_id)
+    if _live_owner(run):
+        say(f"run {run_id} is executing on {run.owner}: pausing it first")
+        await control(runtime, run_id, "pause_now", TAKE_OVER_S)
+        if _live_owner(await asyncio.to_thread(store.get_run, run_id)):
+            raise ConflictError(f"run {run_id} did not pause within {TAKE_OVER_S:g}s; try again")
+
+
 def resume_detached(runtime: Runtime, run_id: str) -> Changed:
-    """Hand a paused or ownerless run to the workers without executing it here."""
+    """Hand a paused, ownerless or failed run to the workers without executing it here. A
+    failed run gets the retry request batch uses: the worker that takes it up (at its next look
+    for work) runs its failed steps again."""
     store = runtime.store
     run = store.get_run(run_id)
+    if run.state == "failed":
+        store.request(run_id, RETRY_REQUEST)
+        return Changed(run_id, run.state, run.state, "queued for a worker: its failed steps run again")
     if run.state not in ("paused", "running", "pending"):
-        raise ConflictError(f"run {run_id} is {run.state}: resume --detach takes paused or interrupted runs; resume a failed run in the foreground")
+        raise ConflictError(f"run {run_id} is {run.state}; nothing to resume")
     fence = store.claim(run_id, runtime.owner, runtime.lease_ttl, owner_is_dead)
     try:
         if run.state == "paused":

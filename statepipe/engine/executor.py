@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,12 +27,14 @@ from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.threads import ThreadCall
-from statepipe.engine.tracebacks import user_traceback, where
+from statepipe.engine.tracebacks import error_text, user_traceback, where
+from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
     LeaseLost,
     OutputNotSerializable,
+    StepProcessDied,
     StepTimeout,
     UnstorableValue,
 )
@@ -85,9 +88,16 @@ class StepState:
     undoes: StepState | None = None  # set on a compensation: the step it undoes
     previous_error: str | None = None  # the failed attempt before this one
     died: int = 0  # attempts in a row abandoned because their process died (see _recover_died)
+    waiting_for: dict[str, Any] | None = None  # {name, schema, deadline}: the input it waits for
+    suspended: int = 0  # attempts that stopped to wait for input: not counted by the retry policy
     overrides: dict[str, Any] | None = None  # input values a rerun set for this step
     feedback: str | None = None  # what the user asked of this step
     stale: list[StepState] = field(default_factory=list)  # children a re-expansion dropped
+    # a fan-out parent's bookkeeping, so a child costs the same at 100,000 as at 1,000: the
+    # children to start next in item order (None: to be listed again after a bulk change), and
+    # how many succeeded (None: to be counted again)
+    ready: deque[StepState] | None = None
+    done: int | None = None
     cache_key: str | None = None  # set on a cacheable step when its attempt starts
     ctx: StepContext | None = None
     call: ThreadCall | None = None  # a plain sync call's thread, while it runs (see _plain_call)
@@ -137,7 +147,7 @@ class StepState:
     def row(self) -> StepRowWrite:
         return StepRowWrite(
             self.name, self.item, self.state, self.attempt, self.started_at, self.finished_at,
-            self.error, self.next_attempt_at, self.overrides, self.feedback, self.item_index,
+            self.error, self.next_attempt_at, self.overrides, self.feedback, self.item_index, self.waiting_for,
         )
 
     def event(self, type_: str, **data: Any) -> NewEvent:
@@ -198,7 +208,13 @@ class RunExecutor:
         self.prior_owner = prior_owner  # who executed the run before, when steps were left running
         self.rerun = rerun
         self.no_cache = snap.run.no_cache
-        self.fresh: set[str] = set()  # steps a rerun invalidated: they bypass the cache
+        # steps a rerun invalidated: they bypass the cache. A step not done with a succeeded
+        # attempt was invalidated by an earlier rerun whose execution was left to a worker or
+        # interrupted: it is still to be computed afresh.
+        self.fresh: set[str] = {
+            s.name for s in snap.parents()
+            if s.state not in ("succeeded", "skipped") and any(a.state == "succeeded" for a in s.attempts)
+        }
         self.wf = wf
         self.run_id = snap.run.id
         self.input: dict[str, Any] = snap.run.input
@@ -219,11 +235,20 @@ class RunExecutor:
         self._hooks: list[tuple[str, dict[str, Any]]] = []
         self._late: list[NewEvent] = []  # events raised outside a round (hook failures)
         self._committing: list[StepState] = []  # steps whose outputs the next commit stores
+        self._waiting: set[StepState] = set()  # steps (maybe) waiting for a retry: state checked on use
+        self._awaiting: set[StepState] = set()  # steps (maybe) waiting for input: state checked on use
+        self.inputs: dict[str, Any] = dict(snap.inputs)  # values sent to the run (waits.send)
+        # parents not settled whose dependencies are satisfied, in step order: what _schedule
+        # looks at (None: to be listed again). A chain's round then costs the same at its
+        # thousandth step as at its first.
+        self._eligible: list[StepState] | None = None
         self._wake = asyncio.Event()
         # steps whose decoded output goes once all their dependents have succeeded: not the
         # result's, not a fan-out's source (its items live on in the children)
         kept = set(wf.sinks()) | {s.map_over for s in wf.steps if s.map_over}
-        self._consumers = {name: deps for name, deps in wf.dependents().items() if name not in kept and deps}
+        self._dependents = wf.dependents()
+        self._position = {s.name: i for i, s in enumerate(wf.steps)}
+        self._consumers = {name: deps for name, deps in self._dependents.items() if name not in kept and deps}
         self._load(snap)
 
     # -- loading ----------------------------------------------------------------------------
@@ -240,18 +265,19 @@ class RunExecutor:
             )
         for row in snap.parents():
             self.parents[row.name] = self._state_from(self.wf[row.name], row)
+        children: dict[str, list[StepRow]] = {}
+        stale: dict[str, list[StepRow]] = {}
+        for row in snap.steps:  # one pass: a run has as many rows as steps and children
+            if row.item and row.compensates is None:
+                (stale if row.item_index is None else children).setdefault(row.name, []).append(row)
         for name, parent in self.parents.items():
             source = self.parents[parent.step.map_over or ""].output if parent.step.map_over else None
-            for row in snap.children(name):
+            for row in sorted(children.get(name, ()), key=lambda r: r.item_index or 0):
                 child = self._state_from(parent.step, row)
                 index = row.item_index or 0
                 child.item_value = source[index] if isinstance(source, list) and index < len(source) else None
                 parent.children.append(child)
-            parent.stale = [
-                self._state_from(parent.step, row)
-                for row in snap.steps
-                if row.name == name and row.item and row.item_index is None and row.compensates is None
-            ]
+            parent.stale = [self._state_from(parent.step, row) for row in stale.get(name, ())]
             if parent.state == "succeeded" and parent.step.map_over:
                 parent.output = [c.output for c in parent.children]
         for row in snap.compensations():
@@ -259,6 +285,8 @@ class RunExecutor:
             comp = self._state_from(target.step, row)
             comp.undoes = target
             self.compensations.append(comp)
+        self._waiting.update(st for st in self.all_states() if st.state == "waiting" and st.waiting_for is None)
+        self._awaiting.update(st for st in self.all_states() if st.state == "waiting" and st.waiting_for is not None)
         if self.compensations:
             self.failure = snap.run.error or "compensating"
         else:  # a step failed, then its executor died before the run could end: it ends failed
@@ -285,6 +313,8 @@ class RunExecutor:
             overrides=row.overrides,
             feedback=row.feedback,
             died=_died_in_row(row),
+            waiting_for=row.waiting_for,
+            suspended=sum(1 for a in row.attempts if a.state == "suspended"),
         )
 
     def final_run(self) -> RunRow:
@@ -314,18 +344,17 @@ class RunExecutor:
     async def execute(self) -> str:
         """Run to an end; returns the run's final state (paused included), or "interrupted"
         when stopped early and left resumable."""
-        change = self._change()
-        self._recover(change)
-        if self.rerun is not None:
-            self._apply_rerun(self.rerun, change)
+        change = self.reopening()
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
                 self._check_deadline()
                 self._handle_request(change)
+                self._take_inputs(change)
                 launch = self._schedule_compensation(change) if self.compensations else self._schedule(change)
                 if not launch:  # a step about to start: the run is not over
                     self._maybe_finish(change)
+                    self._maybe_wait(change)
                 change.events.extend(self._late)
                 self._late.clear()
                 if change.events:
@@ -344,6 +373,16 @@ class RunExecutor:
             heartbeat.cancel()
             for task in self.tasks:
                 task.cancel()
+
+    def reopening(self) -> Change:
+        """The first commit of an execution: the run brought to a state the loop continues from,
+        and the rerun applied. A rerun from the HTTP API commits only this and leaves the rest
+        to whichever worker claims the run (control.rerun_detached)."""
+        change = self._change()
+        self._recover(change)
+        if self.rerun is not None:
+            self._apply_rerun(self.rerun, change)
+        return change
 
     def _change(self) -> Change:
         return Change(self.run_id, self.fence, [])
@@ -383,6 +422,8 @@ class RunExecutor:
         else:
             if state == "paused":
                 self.run_lc.send("unpause")
+            elif state == "waiting":  # a value came, or a deadline: _take_inputs sorts out which
+                self.run_lc.send("wake")
             elif state in RUN_FINISHED:  # succeeded and cancelled: only for a rerun
                 self.run_lc.send("reopen")
                 self.clock_start = now  # a reopened run gets its whole timeout again
@@ -427,8 +468,57 @@ class RunExecutor:
         st.lc.send("reset")
         st.error = None
         st.output = None
+        self._reopened(st)
         change.steps.append(st.row())
         change.events.append(st.event(event, reason=reason))
+
+    def _reopened(self, st: StepState) -> None:
+        """A step is to run again: the lists kept to avoid rescans are made again when next used."""
+        if st.undoes is not None:
+            return
+        if st.item:
+            parent = self.parents[st.step.name]
+            parent.ready = parent.done = None
+        else:
+            self._eligible = None
+
+    def _satisfied(self, st: StepState) -> None:
+        """A parent is done as far as dependents care: those now free to start become eligible."""
+        if self._eligible is None:
+            return
+        for name in self._dependents.get(st.name, ()):
+            dependent = self.parents[name]
+            if dependent.state not in _SETTLED and dependent not in self._eligible and self._free(dependent):
+                self._eligible.append(dependent)
+        self._eligible.sort(key=lambda p: self._position[p.name])
+
+    def _free(self, st: StepState) -> bool:
+        return all(self.parents[d].satisfied for d in st.step.depends_on)
+
+    def _eligible_parents(self) -> list[StepState]:
+        if self._eligible is None:
+            self._eligible = [p for p in self.parents.values() if p.state not in _SETTLED and self._free(p)]
+        else:
+            self._eligible = [p for p in self._eligible if p.state not in _SETTLED]
+        return self._eligible
+
+    def _startable_children(self, parent: StepState, now: datetime) -> Iterator[StepState]:
+        """A running fan-out's children that may start now: those whose retry is due, then the
+        pending ones in item order, taken from a queue (not found by walking every child)."""
+        due = [
+            w for w in self._waiting
+            if w.item and w.undoes is None and w.step is parent.step and w.state == "waiting" and w.waiting_for is None
+            and (w.next_attempt_at is None or w.next_attempt_at <= now)
+        ]
+        yield from sorted(due, key=lambda w: w.item_index or 0)
+        if parent.ready is None:
+            parent.ready = deque(c for c in parent.children if c.state == "pending")
+        while parent.ready:
+            child = parent.ready[0]
+            if child.state == "pending":
+                yield child  # started by the caller: no longer pending when we resume
+            else:
+                parent.ready.popleft()
 
     def _apply_rerun(self, plan: RerunPlan, change: Change) -> None:
         """Invalidate what the plan touches, in the same commit as the run's reopening: every
@@ -479,6 +569,7 @@ class RunExecutor:
 
     def _abandon(self, st: StepState, change: Change, reason: str) -> None:
         st.lc.send("interrupt")
+        self._reopened(st)
         self._record_attempt(st, change, "abandoned", error=reason)
         change.steps.append(st.row())
         change.events.append(st.event("attempt_abandoned", reason=reason))
@@ -504,6 +595,7 @@ class RunExecutor:
         elif st.died > 1:
             delay = self.wf.policy_for(st.step).delay(st.died - 1)
             st.lc.send("wait")
+            self._waiting.add(st)
             st.error = reason
             st.next_attempt_at = utcnow() + timedelta(seconds=delay)
             change.steps.append(st.row())
@@ -512,17 +604,99 @@ class RunExecutor:
             ))
         else:
             st.lc.send("interrupt")
+            self._reopened(st)
             change.steps.append(st.row())
 
     # -- control ----------------------------------------------------------------------------
 
     def set_request(self, kind: str | None) -> None:
-        """A control command arrived (through NOTIFY or the heartbeat)."""
+        """A control command arrived (through NOTIFY or the heartbeat); `input`: a value was
+        sent to the run (waits.send), for a step waiting here, maybe."""
+        if kind == "input":
+            asyncio.create_task(self._reload_inputs())
+            return
         if kind and kind != self.request and kind in CANCEL_REQUESTS + PAUSE_REQUESTS:
             self.request = kind
             if (kind in CANCEL_REQUESTS or kind == "pause_now") and not self.compensations:
                 self._interrupt_tasks()  # an undo action in flight is never cut short: it completes
             self._wake.set()
+
+    async def _reload_inputs(self) -> None:
+        try:
+            self.inputs.update(await asyncio.to_thread(self.runtime.store.inputs, self.run_id))
+        except DatabaseUnavailable as exc:  # the value stays stored: the next resume finds it
+            log.warning("reading the inputs of run %s failed: %s", self.run_id, exc)
+        self._wake.set()
+
+    def _take_inputs(self, change: Change) -> None:
+        """Waits whose value has come run again; those past their deadline fail (or retry)."""
+        if not self._awaiting:
+            return
+        now = utcnow()
+        for st in list(self._awaiting):
+            if st.state != "waiting" or st.waiting_for is None:
+                self._awaiting.discard(st)
+                continue
+            name = st.waiting_for.get("name")
+            deadline = st.waiting_for.get("deadline")
+            if name in self.inputs:
+                st.waiting_for = None  # startable: it runs again, and wait_for returns the value
+                self._waiting.add(st)
+            elif deadline and datetime.fromisoformat(deadline) <= now:
+                self._wait_timed_out(st, change, f"no value for {name!r} came within {st.waiting_for.get('timeout'):g}s")
+            else:
+                continue
+            self._awaiting.discard(st)
+            self._reopened(st)
+            change.steps.append(st.row())
+
+    def _wait_timed_out(self, st: StepState, change: Change, message: str) -> None:
+        """A wait's deadline passed without its value: a failed try, retried per the policy
+        (the step asks again, with a new deadline) or failing the step. Its suspended attempt
+        is already written."""
+        st.waiting_for = None
+        st.error = message
+        policy = self.wf.policy_for(st.step)
+        tries = st.attempt - st.suspended + 1
+        if policy.should_retry(tries, StepTimeout(message)):
+            delay = policy.delay(tries)
+            st.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            self._waiting.add(st)
+            change.events.append(st.event(
+                "step_retrying", error=message, delay_s=round(delay, 3), next_attempt_at=st.next_attempt_at.isoformat(),
+            ))
+        else:
+            self._fail(st, change, message, recorded=True)
+
+    def _await_input(self, st: StepState, change: Change, wait: AwaitingInput) -> None:
+        """The attempt stopped at ctx.wait_for: recorded `suspended`, the step waits for the value."""
+        deadline = utcnow() + timedelta(seconds=wait.timeout) if wait.timeout else None
+        st.lc.send("wait")
+        st.suspended += 1
+        st.next_attempt_at = None
+        st.waiting_for = {"name": wait.name, "schema": wait.schema, "deadline": deadline.isoformat() if deadline else None,
+                          "timeout": wait.timeout}
+        self._record_attempt(st, change, "suspended", error=f"waiting for input {wait.name!r}")
+        change.steps.append(st.row())
+        if st.ctx is not None and st.ctx.emitted:  # its text is the repeated part's: readers drop it
+            change.events.append(st.event("attempt_abandoned", reason=f"waiting for input {wait.name!r}", retrying=True))
+        change.events.append(st.event("step_waiting", input=wait.name, schema=wait.schema, deadline=st.waiting_for["deadline"]))
+        self._awaiting.add(st)
+
+    def _maybe_wait(self, change: Change) -> None:
+        """Nothing runs, nothing can start, and steps wait for input: the run rests `waiting`,
+        its lease released, until a value comes (or a deadline) and some executor takes it up."""
+        if (self.run_lc.state != "running" or self.tasks or self.request or self.failure or self.compensations
+                or self.stopping or change.run is not None):
+            return
+        awaited = [st for st in self._awaiting if st.state == "waiting" and st.waiting_for is not None]
+        if not awaited or any(st.state == "waiting" for st in self._waiting):
+            return  # a retry's time comes sooner or later: this executor waits for it
+        names = sorted({str(st.waiting_for["name"]) for st in awaited if st.waiting_for})
+        deadlines = [datetime.fromisoformat(d) for st in awaited if st.waiting_for and (d := st.waiting_for.get("deadline"))]
+        self.run_lc.send("await_input")
+        change.run = RunWrite("waiting", release=True, wake_at=min(deadlines) if deadlines else None, awaits=names)
+        change.events.append(NewEvent("run_waiting", data={"inputs": names}))
 
     def _handle_request(self, change: Change) -> None:
         """Carry out a pause or cancel once no step of ours is running."""
@@ -571,37 +745,36 @@ class RunExecutor:
 
         def can_start(st: StepState) -> bool:
             return st.state == "pending" or (
-                st.state == "waiting" and (st.next_attempt_at is None or st.next_attempt_at <= now)
+                st.state == "waiting" and st.waiting_for is None and (st.next_attempt_at is None or st.next_attempt_at <= now)
             )
 
         progressed = True
         while progressed:
             progressed = False
-            for parent in self.parents.values():
+            for parent in list(self._eligible_parents()):
                 state = parent.lc.state
-                if state in _SETTLED:  # most of a long run's steps, on every pass
+                if state in _SETTLED:  # skipped earlier in this pass
                     continue
                 if parent.step.map_over and state == "running":
                     limit = (parent.step.concurrency or self.wf.max_concurrency) - self._running(parent)
                     limit -= sum(1 for st in launch if st.step is parent.step)
-                    for child in parent.children:
-                        if budget <= 0 or limit <= 0:
-                            break
-                        if can_start(child):
+                    if budget > 0 and limit > 0:
+                        for child in self._startable_children(parent, now):
                             self._start(child, change)
                             launch.append(child)
                             budget -= 1
                             limit -= 1
+                            if budget <= 0 or limit <= 0:
+                                break
                     continue
                 if not can_start(parent):
-                    continue
-                if not all(self.parents[d].satisfied for d in parent.step.depends_on):
                     continue
                 if parent.state == "pending" and parent.step.when is not None and not self._call_when(parent):
                     parent.lc.send("skip")
                     parent.finished_at = now
                     change.steps.append(parent.row())
                     change.events.append(parent.event("step_skipped", reason="condition is false"))
+                    self._satisfied(parent)
                     progressed = True
                 elif parent.step.map_over:
                     self._expand(parent, change)
@@ -655,6 +828,7 @@ class RunExecutor:
                 change.steps.append(child.row())
             parent.children.append(child)
         parent.stale = list(existing.values())
+        parent.ready = parent.done = None
         if not keys:
             self._succeed_parent(parent, change)
 
@@ -704,6 +878,7 @@ class RunExecutor:
         st.ctx = StepContext(
             self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish,
             dry_run=self.dry_run, last_error=st.previous_error, feedback=st.feedback or self.parents[st.step.name].feedback,
+            _inputs=self.inputs,
         )
         st.call = self._plain_call(st, st.ctx)
 
@@ -719,7 +894,10 @@ class RunExecutor:
     def _plain_call(self, st: StepState, ctx: StepContext) -> ThreadCall | None:
         """A sync step with no timeout and no cache to ask goes straight to its thread (None for
         any other): a task around it would cost the loop two more turns a step for nothing."""
-        if st.undoes is not None or st.step.is_async or st.step.timeout is not None or self.wf.cached(st.step):
+        if (
+            st.undoes is not None or st.step.is_async or st.step.timeout is not None or self.wf.cached(st.step)
+            or self.wf.in_process(st.step)
+        ):
             return None
         try:
             kwargs = self._kwargs(st, ctx)
@@ -740,6 +918,8 @@ class RunExecutor:
                     return _Cached(*hit)
         fn = st.step.compensate if st.undoes is not None else st.step.fn
         assert fn is not None
+        if st.undoes is None and self.wf.in_process(st.step):  # its timeout and a cancel kill the process
+            return await self.runtime.pool.run(self.wf, st.step, kwargs, ctx)
         if st.step.is_async if st.undoes is None else inspect.iscoroutinefunction(fn):
             awaitable: Any = fn(**kwargs)
         else:
@@ -762,7 +942,8 @@ class RunExecutor:
 
     async def _wait_for_work(self, change: Change) -> None:
         timeout = None
-        waits = [st.next_attempt_at for st in self.all_states() if st.state == "waiting" and st.next_attempt_at]
+        self._waiting = {st for st in self._waiting if st.state == "waiting"}
+        waits = [st.next_attempt_at for st in self._waiting if st.next_attempt_at]
         if self.wf.timeout is not None and self.clock_start is not None and not self.failure:
             waits.append(self.clock_start + timedelta(seconds=self.wf.timeout))
         if waits:
@@ -799,6 +980,8 @@ class RunExecutor:
     # -- outcomes ---------------------------------------------------------------------------
 
     def _settle(self, st: StepState, task: asyncio.Future[Any], change: Change) -> None:
+        if st.ctx is not None:
+            st.ctx.flush_held()
         error: BaseException | None = StepInterrupted("cancelled") if task.cancelled() else task.exception()
         if error is None:
             result = task.result()
@@ -813,6 +996,9 @@ class RunExecutor:
             else:
                 self._succeed(st, change, text, result)
                 return
+        if isinstance(error, AwaitingInput):
+            self._await_input(st, change, error)
+            return
         if isinstance(error, StepInterrupted) or (self._interrupted and isinstance(error, asyncio.CancelledError)):
             if self.request in CANCEL_REQUESTS and st.undoes is None:
                 st.lc.send("cancel")
@@ -823,15 +1009,18 @@ class RunExecutor:
             else:
                 self._abandon(st, change, self.failure if self.failure and "timed out" in self.failure else "interrupted")
             return
-        message = str(error) if isinstance(error, (StepTimeout, OutputNotSerializable)) else f"{type(error).__name__}: {error}"
+        plain = isinstance(error, (StepTimeout, OutputNotSerializable, StepProcessDied))
+        message = error_text(error, plain)
         message = mended(message)  # the store mends what it stores; this copy also reaches the views
         trace, at = user_traceback(error), where(error)
         located = {"at": at} if at else {}
         policy = self.wf.policy_for(st.step)
         retryable = not isinstance(error, OutputNotSerializable) or isinstance(error, UnstorableValue)
-        if retryable and policy.should_retry(st.attempt, error):  # while draining too: resume keeps the wait
-            delay = policy.delay(st.attempt, error)
+        tries = st.attempt - st.suspended  # an attempt that stopped to wait for input is no try
+        if retryable and policy.should_retry(tries, error):  # while draining too: resume keeps the wait
+            delay = policy.delay(tries, error)
             st.lc.send("wait")
+            self._waiting.add(st)
             st.error = message
             st.next_attempt_at = utcnow() + timedelta(seconds=delay)
             self._record_attempt(st, change, "failed", error=message, trace=trace)
@@ -864,10 +1053,15 @@ class RunExecutor:
         change.events.append(st.event("step_succeeded", **data))
         if st.item and st.undoes is None:
             parent = self.parents[st.name]
-            if parent.state == "running" and all(c.state == "succeeded" for c in parent.children):
+            if parent.done is None:
+                parent.done = sum(1 for c in parent.children if c.state == "succeeded")
+            else:
+                parent.done += 1
+            if parent.state == "running" and parent.done == len(parent.children):
                 self._succeed_parent(parent, change)
         elif st.undoes is None:
             self._release_inputs(st)
+            self._satisfied(st)
 
     def _release_inputs(self, st: StepState) -> None:
         """Once every consumer of an upstream output has succeeded, nothing in this run reads it
@@ -879,11 +1073,14 @@ class RunExecutor:
 
     def _succeed_parent(self, parent: StepState, change: Change) -> None:
         parent.output = [c.output for c in parent.children]
+        for child in parent.children:  # the parent's list holds the decoded outputs; children their JSON
+            child.release()
         parent.lc.send("succeed")
         parent.finished_at = utcnow()
         self._record_attempt(parent, change, "succeeded")
         change.steps.append(parent.row())
         change.events.append(parent.event("step_succeeded", items=len(parent.children), summary=summarize(parent.output)))
+        self._satisfied(parent)
 
     def _fail(
         self, st: StepState, change: Change, message: str, recorded: bool = False, trace: str | None = None,
@@ -907,6 +1104,7 @@ class RunExecutor:
                 self._fail(parent, change, f"item {st.item} failed: {message}")
             return
         if st.step.optional:
+            self._satisfied(st)
             return
         if st.step.on_exhausted == "pause" and self.request is None:
             self.request = "pause"
@@ -919,7 +1117,7 @@ class RunExecutor:
         if self.failure:
             if not self._begin_compensation(change, "failed"):
                 self._end(change, "fail", "failed", self.failure)
-        elif all(p.satisfied for p in self.parents.values()):
+        elif not self._eligible_parents() and all(p.satisfied for p in self.parents.values()):
             self._end(change, "succeed", "succeeded", None)
 
     def _end(self, change: Change, event: str, state: str, error: str | None) -> None:
@@ -986,7 +1184,7 @@ class RunExecutor:
         try:
             return self.wf.hooks[name](HookContext(self.run_id, self.wf.name, self.input), meta)
         except Exception as exc:  # a hook's bug is reported as an event; the run goes on
-            report(NewEvent("hook_failed", data={"hook": name, "error": f"{type(exc).__name__}: {exc}"}))
+            report(NewEvent("hook_failed", data={"hook": name, "error": mended(error_text(exc))}))
             return None
 
     async def _run_hooks(self) -> None:
@@ -998,7 +1196,7 @@ class RunExecutor:
                 try:
                     await result
                 except Exception as exc:  # same contract for async hooks
-                    self._late.append(NewEvent("hook_failed", data={"hook": name, "error": f"{type(exc).__name__}: {exc}"}))
+                    self._late.append(NewEvent("hook_failed", data={"hook": name, "error": mended(error_text(exc))}))
         if self._late and self.run_lc.state != "running":
             change = self._change()
             change.events.extend(self._late)

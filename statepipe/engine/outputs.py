@@ -44,10 +44,9 @@ def encode(value: Any, what: str, root: str = "output") -> str:
     NaN and infinity as null where they must be refused."""
     try:
         raw = orjson.dumps(value, option=_FAST)
-    except TypeError as exc:  # orjson.JSONEncodeError
+    except TypeError:  # orjson.JSONEncodeError: json writes it, depth checked first (json's own limit is lower)
         raw = None
-        if "ecursion" in str(exc):
-            _checked(storable.check_depth, value, root, what)
+        _checked(storable.check_depth, value, root, what)
     if raw is not None and b"null" not in raw:
         text = raw.decode()
         if b"\\u0000" not in raw:  # orjson refuses surrogates: a NUL is all it may hold

@@ -6,6 +6,7 @@ or an unknown item is one clear error and the run is untouched."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from statepipe.definition.workflow import Workflow
 from statepipe.errors import InputError
 from statepipe.engine.outputs import input_text
 from statepipe.inputs import json_or_text
-from statepipe.store.records import RunSnapshot
+from statepipe.store.records import RunSnapshot, StepRow
 
 
 @dataclass
@@ -42,6 +43,14 @@ class RerunPlan:
     def affected(self, wf: Workflow, old_input: dict[str, Any]) -> list[str]:
         return wf.descendants(self.named(wf, old_input) + list(self.items))
 
+    def summary(self, wf: Workflow, snap: RunSnapshot) -> dict[str, Any]:
+        """What applying the plan would do, before it is applied: steps run again, steps kept
+        with the seconds of work they took, and about how many LLM calls it costs."""
+        affected = self.affected(wf, snap.run.input)
+        kept = [s for s in snap.parents() if s.name not in affected]
+        calls = sum(max(1, len(snap.children(n))) if wf[n].map_over else 1 for n in affected if wf[n].model)
+        return {"rerun": affected, "items": self.items, "keep": [s.name for s in kept], "reused_s": round(work_time(kept), 3), "llm_calls": calls}
+
     def check(self, wf: Workflow, snap: RunSnapshot) -> None:
         for name in [*self.steps, *self.items, *self.overrides, *self.feedback]:
             if name not in wf:
@@ -67,19 +76,72 @@ class RerunPlan:
             raise InputError(f"run {snap.run.id} was compensated; fork it instead (statepipe fork {snap.run.id[:8]})")
 
 
+def work_time(steps: Iterable[StepRow]) -> float:
+    """Seconds the succeeded ones among `steps` originally took: what reusing them saves."""
+    return sum((s.finished_at - s.started_at).total_seconds() for s in steps if s.state == "succeeded" and s.started_at and s.finished_at)
+
+
 def parse_sets(values: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """`--set key=value` changes the run input; `--set step.param=value` one step's input.
     Values are read as JSON when they parse, as strings otherwise (like -i)."""
-    run_input: dict[str, Any] = {}
-    per_step: dict[str, dict[str, Any]] = {}
+    pairs: list[tuple[str, Any]] = []
     for text in values:
         key, sep, raw = text.partition("=")
         if not sep or not key:
             raise InputError(f"invalid --set {text!r}: expected key=value or step.param=value")
-        value = json_or_text(raw)
+        pairs.append((key, json_or_text(raw)))
+    return split_sets(pairs)
+
+
+def split_sets(pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Values set for a rerun: by run-input key, and by step for `step.param` keys."""
+    run_input: dict[str, Any] = {}
+    per_step: dict[str, dict[str, Any]] = {}
+    for key, value in pairs:
         step, dot, param = key.partition(".")
+        if not key or (dot and not (step and param)):
+            raise InputError(f"invalid --set key {key!r}: expected key or step.param")
         if dot:
             per_step.setdefault(step, {})[param] = value
         else:
             run_input[key] = value
     return run_input, per_step
+
+
+def rerun_reason(from_steps: Sequence[str], items: Sequence[str], sets: Sequence[str], new_input: bool) -> str:
+    """How a rerun is recorded when its caller gives no reason: the command that asked for it."""
+    return " ".join(["rerun", *(f"--from {s}" for s in from_steps), *(f"--item {i}" for i in items), *(f"--set {v}" for v in sets)]
+                    + (["--input-file"] if new_input else []))
+
+
+def plan_rerun(
+    wf: Workflow,
+    snap: RunSnapshot,
+    *,
+    from_steps: Sequence[str] = (),
+    items: Sequence[str] = (),
+    run_sets: dict[str, Any] | None = None,
+    step_sets: dict[str, dict[str, Any]] | None = None,
+    new_input: dict[str, Any] | None = None,
+    feedback: str | None = None,
+    reason: str,
+) -> RerunPlan:
+    """What `rerun` asks for, checked against the workflow and the run; nothing is written.
+    `items`: keys of the one fan-out step in `from_steps`; `run_sets` change the run input (the
+    new one, else the run's), `step_sets` single steps' inputs."""
+    if items and len(from_steps) != 1:
+        raise InputError("--item needs exactly one --from (the fan-out step)")
+    if run_sets:
+        new_input = {**(new_input if new_input is not None else snap.run.input), **run_sets}
+    plan = RerunPlan(
+        steps=[] if items else list(from_steps),
+        items={from_steps[0]: list(items)} if items else {},
+        reason=reason,
+        input=new_input,
+        overrides=step_sets or {},
+        feedback={s: feedback for s in from_steps} if feedback else {},
+    )
+    if not (plan.steps or plan.items or plan.overrides or plan.input is not None):
+        raise InputError("say what to run again: --from STEP, --set, or --input-file")
+    plan.check(wf, snap)
+    return plan

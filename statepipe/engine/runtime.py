@@ -24,6 +24,7 @@ from statepipe.definition.loader import Loaded, load, load_ref
 from statepipe.definition.workflow import Workflow
 from statepipe.engine.executor import RunExecutor
 from statepipe.engine.outputs import input_text
+from statepipe.engine.pool import ProcessPool
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.writer import Listener, Writer
 from statepipe.lifecycles import RUN_FINISHED
@@ -63,9 +64,13 @@ class _Setback:
 
 
 class Runtime:
-    def __init__(self, store: Store, *, lease_ttl: float | None = None, linger: float = 0.05) -> None:
+    def __init__(
+        self, store: Store, *, lease_ttl: float | None = None, linger: float = 0.05, processes: int | None = None,
+    ) -> None:
+        """`processes`: how many process steps run at once (default: the CPUs this process may use)."""
         self.store = store
         self.writer = Writer(store, linger=linger)
+        self.pool = ProcessPool(processes)  # for process steps; starts no process until one needs it
         self.owner = new_owner_id()
         self.lease_ttl = lease_ttl or lease_seconds()
         self.executors: dict[str, RunExecutor] = {}
@@ -185,14 +190,12 @@ class Runtime:
                         self.writer.dispatch([claimed.created])
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
-            wf = (loaded or self._load_for(snap.run)).workflow
-            rerun = self._code_changes(snap, wf, rerun, strict)
-            if rerun is not None:
-                rerun.check(wf, snap)
             left_running = any(s.state == "running" for s in snap.steps)
             prior = await asyncio.to_thread(self.store.last_owner, run_id) if left_running else None
-            executor = RunExecutor(self, wf, snap, fence, rerun, prior)
+            executor = self._executor(snap, fence, loaded, rerun, strict, prior)
             self.executors[run_id] = executor
+            if self._stopping:  # stopped before its executor existed (a reader gone at once)
+                executor.stop()
             state = await executor.execute()
             result = executor.result() if state == "succeeded" else None
             final = executor.final_run()
@@ -201,13 +204,37 @@ class Runtime:
             raise
         finally:
             self.executors.pop(run_id, None)
-            if not lost and state not in RUN_FINISHED + ("paused",):  # those released in their last commit
+            if not lost and state not in RUN_FINISHED + ("paused", "waiting"):  # those released in their last commit
                 await asyncio.to_thread(self.store.release, run_id, fence)
         outcome = Outcome(run_id, state, result, final)
         if state in RUN_FINISHED:
             for fn in self.finished:
                 self.writer.after_views(partial(fn, outcome))
         return outcome
+
+    def _executor(
+        self, snap: RunSnapshot, fence: int, loaded: Loaded | None, rerun: RerunPlan | None, strict: bool, prior: str | None,
+    ) -> RunExecutor:
+        """The executor of a claimed run, the rerun it is asked for (plus any code changes) checked."""
+        wf = (loaded or self._load_for(snap.run)).workflow
+        rerun = self._code_changes(snap, wf, rerun, strict)
+        if rerun is not None:
+            rerun.check(wf, snap)
+        return RunExecutor(self, wf, snap, fence, rerun, prior)
+
+    def rerun_detached(self, run_id: str, rerun: RerunPlan, *, strict: bool = False) -> str:
+        """Apply a rerun without executing it: the run reopened and what the plan touches
+        invalidated, in one commit, then released, which wakes the workers; one of them executes
+        it. For callers that must not hold the run while it executes (an HTTP request). Returns
+        the run's state before."""
+        fence = self.store.claim(run_id, self.owner, self.lease_ttl, owner_is_dead, True)
+        try:
+            snap = self.store.snapshot(run_id)
+            prior = self.store.last_owner(run_id) if any(s.state == "running" for s in snap.steps) else None
+            self.writer.submit(self._executor(snap, fence, None, rerun, strict, prior).reopening()).result()
+        finally:
+            self.store.release(run_id, fence)
+        return snap.run.state
 
     @staticmethod
     def _code_changes(snap: RunSnapshot, wf: Workflow, rerun: RerunPlan | None, strict: bool) -> RerunPlan | None:
@@ -227,10 +254,13 @@ class Runtime:
         plan.changed = changed
         return plan
 
-    def fork(self, source: str, loaded: Loaded | None = None, from_steps: Sequence[str] = (), output_dir: str | None = None) -> str:
+    def fork(
+        self, source: str, loaded: Loaded | None = None, from_steps: Sequence[str] = (), output_dir: str | None = None,
+        *, detach: bool = False,
+    ) -> str:
         """A new run that starts with the source's outputs upstream of `from_steps` (all of its
         completed steps when none are named) and runs the rest; the source is not touched.
-        `output_dir`: recorded as in create_runs."""
+        `output_dir`: recorded as in create_runs; `detach`: left to the workers, not executed here."""
         snap = self.store.snapshot(source)
         wf = (loaded or self._load_for(snap.run)).workflow
         for name in from_steps:
@@ -247,6 +277,8 @@ class Runtime:
             run_id, wf.name, snap.run.workflow_ref, input_json, [], event, owner=self.owner, fingerprint=wf.fingerprint()
         )
         self.writer.dispatch([self.store.fork_run(source, run, keep, ttl=self.lease_ttl)])
+        if detach:
+            self.store.release(run_id, 1)  # created under its first fence; releasing wakes the workers
         return run_id
 
     async def execute_many(self, run_ids: Sequence[str], concurrency: int, loaded: Loaded | None = None) -> list[Outcome]:
@@ -474,6 +506,7 @@ class Runtime:
 
     def close(self) -> None:
         self._closing.set()
+        self.pool.close()  # before the writer: a process step's last events go through it
         self.writer.close()
         self.store.pool.close()
 

@@ -37,13 +37,36 @@ def _shown_path(filename: str) -> str:
         return filename
 
 
+_CARRIED = "_statepipe_traceback"  # (traceback, where) of an error raised in another process
+
+
+def carry(error: BaseException, trace: str | None, at: str | None) -> None:
+    """Give an error rebuilt from another process (a process step's) the traceback and place it
+    had there: its own frames stayed behind."""
+    setattr(error, _CARRIED, (trace, at))
+
+
 def _frames(error: BaseException) -> list[traceback.FrameSummary]:
     return [f for f in traceback.extract_tb(error.__traceback__) if not _hidden(f.filename)]
+
+
+def error_text(error: BaseException, plain: bool = False) -> str:
+    """`Type: message` of an exception (`message` alone when `plain`), even when its str() fails
+    (a __str__ that raises, an integer past Python's 4300 digits): a step's error must never
+    crash the engine that records it."""
+    try:
+        text = str(error)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's __str__ is reported, not raised
+        text = f"<its message could not be made text: {type(exc).__name__}>"
+    return text if plain else f"{type(error).__name__}: {text}"
 
 
 def user_traceback(error: BaseException) -> str | None:
     """The traceback of `error` (and of the exceptions it was raised from) without statepipe's
     frames; None when no frame is the user's (statepipe raised it: a timeout, say)."""
+    carried = getattr(error, _CARRIED, None)
+    if carried is not None:
+        return carried[0]
     if not _frames(error):
         return None
     parts: list[str] = []
@@ -52,7 +75,7 @@ def user_traceback(error: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         frames = _frames(current)
-        lines = [f"{type(current).__name__}: {current}" if str(current) else type(current).__name__]
+        lines = [error_text(current)]
         if frames:
             cut = len(frames) - MAX_FRAMES
             shown = traceback.StackSummary.from_list(
@@ -73,6 +96,9 @@ def user_traceback(error: BaseException) -> str | None:
 
 def where(error: BaseException) -> str | None:
     """`file:line in function` of the innermost user frame: the short form events carry."""
+    carried = getattr(error, _CARRIED, None)
+    if carried is not None:
+        return carried[1]
     frames = _frames(error)
     if not frames:
         return None

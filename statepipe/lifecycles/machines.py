@@ -12,23 +12,27 @@ from statepipe.errors import IllegalTransition
 
 
 class RunLifecycle(StateMachine):
-    """pending -> running -> succeeded | failed | cancelled; running <-> paused.
+    """pending -> running -> succeeded | failed | cancelled; running <-> paused; running <->
+    waiting (a step waits for a person's input: nobody executes the run meanwhile).
 
     No state is final: a finished run can be reopened (rerun, resume of a failed run)."""
 
     pending = State(initial=True, value="pending")
     running = State(value="running")
     paused = State(value="paused")
+    waiting = State(value="waiting")
     succeeded = State(value="succeeded")
     failed = State(value="failed")
     cancelled = State(value="cancelled")
 
     start = pending.to(running)
-    pause = running.to(paused) | pending.to(paused)
+    pause = running.to(paused) | pending.to(paused) | waiting.to(paused)
     unpause = paused.to(running)
+    await_input = running.to(waiting)
+    wake = waiting.to(running)
     succeed = running.to(succeeded)
     fail = running.to(failed)
-    cancel = pending.to(cancelled) | running.to(cancelled) | paused.to(cancelled)
+    cancel = pending.to(cancelled) | running.to(cancelled) | paused.to(cancelled) | waiting.to(cancelled)
     reopen = failed.to(running) | succeeded.to(running) | cancelled.to(running)
 
 

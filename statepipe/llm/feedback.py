@@ -7,15 +7,22 @@ descriptions and outputs: deterministic, labelled simulated, good for tests and 
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from statepipe.definition.workflow import Workflow
 from statepipe.engine.context import StepContext
 from statepipe.engine.outputs import summarize
+from statepipe.engine.rerun import RerunPlan
+from statepipe.errors import ConfigError
 from statepipe.llm.api import InvalidReply
 from statepipe.llm.api import json as llm_json
+from statepipe.llm.models import missing_keys
 from statepipe.store.records import RunSnapshot
 
 REPAIRS = 3
@@ -36,6 +43,40 @@ SYSTEM = (
     "earliest steps whose output the feedback disputes; everything downstream of them re-runs "
     "automatically, so do not list descendants. Never choose a step the feedback does not touch."
 )
+
+
+@dataclass(frozen=True)
+class Routed:
+    routing: Routing
+    classifier: dict[str, Any]  # who routed it (a model, "simulated", or "--steps"), why, and its usage
+    plan: RerunPlan
+
+
+def route(wf: Workflow, snap: RunSnapshot, text: str, steps: Sequence[str] = (), model: str | None = None, dry_run: bool = False) -> Routed:
+    """The rerun feedback asks for, checked against the run; nothing is written. `steps` route
+    it without a classifier; else `model` (default: STATEPIPE_FEEDBACK_MODEL, the workflow's
+    first, else gpt-4o-mini) decides, simulated in a dry run."""
+    dry = dry_run or snap.run.dry_run
+    classifier: dict[str, Any]
+    if steps:
+        routing = Routing(steps=[StepChoice(name=s, guidance=text) for s in steps], reason="--steps")
+        classifier = {"classifier": "--steps"}
+    else:
+        chosen = model or os.environ.get("STATEPIPE_FEEDBACK_MODEL") or (wf.models[0] if wf.models else "gpt-4o-mini")
+        missing = [] if dry else missing_keys([chosen])
+        if missing:
+            raise ConfigError(f"the feedback classifier {chosen} needs {missing[0][1]}; set it, use --steps, or --dry-run")
+        ctx = StepContext(snap.run.id, "feedback", None, 1, snap.run.input, lambda _e: None, dry_run=dry)
+        routing = classify(ctx, wf, snap, text, chosen)
+        classifier = {"classifier": "simulated" if dry else chosen, "classifier_reason": routing.reason, "classifier_usage": ctx.usage}
+    plan = RerunPlan(
+        steps=[c.name for c in routing.steps],
+        reason=f"feedback: {text}",
+        feedback={c.name: c.guidance for c in routing.steps},
+        note={"feedback_text": text, **classifier},
+    )
+    plan.check(wf, snap)
+    return Routed(routing=routing, classifier=classifier, plan=plan)
 
 
 def describe_run(wf: Workflow, snap: RunSnapshot) -> str:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
+from statepipe.store.storable import MAX_DEPTH
+
 __all__ = ["Completed", "JSONStreamParser", "NDJSONParser", "ParsedLine"]
 
 
@@ -402,6 +404,9 @@ class JSONStreamParser:
             value = json.loads(text, strict=False)
         except json.JSONDecodeError as exc:
             self._fail(capture.start + exc.pos, f"{exc.msg}, in {self._capture_location()}")
+            return
+        except RecursionError:
+            self._fail(capture.start, f"the value nests too many levels deep; statepipe stores values up to {MAX_DEPTH} levels, in {self._capture_location()}")
             return
         self._capture = None
         frame = self._frames[-1]

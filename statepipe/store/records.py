@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -13,6 +14,10 @@ from typing import Any
 import orjson
 
 from statepipe.processes import owner_is_dead
+
+# children of a wide fan-out read for the head of its output when not all are (see
+# RunSnapshot.widths): more than a line of the widest terminal shows
+FANOUT_HEAD = 200
 
 
 def utcnow() -> datetime:
@@ -108,6 +113,7 @@ class StepRowWrite:
     overrides: dict[str, Any] | None = None
     feedback: str | None = None
     item_index: int | None = None  # a fan-out child's place; None once a re-expansion drops it
+    waiting_for: dict[str, Any] | None = None  # {name, schema, deadline}: the input it waits for
 
 
 @dataclass
@@ -167,6 +173,8 @@ class RunWrite:
     clear_request: bool = False  # the control command (pause, cancel) has been carried out
     release: bool = False  # the run is at rest: its lease ends with this change
     begin: bool = False  # an owner starts executing it: its executing time counts from now
+    wake_at: datetime | None = None  # going `waiting`: when it wants an executor again (a deadline)
+    awaits: list[str] | None = None  # going `waiting`: the input names it waits for
     input: dict[str, Any] | None = None  # a rerun changed the run's input
     fingerprint: dict[str, str] | None = None  # the definition the run now follows
 
@@ -243,6 +251,7 @@ class RunRow:
     tokens: int | None = None
     active_s: float = 0.0  # seconds owners executed it, intervals closed (see `executing_s`)
     resumed_at: datetime | None = None  # start of the interval an owner is executing it in
+    wake_at: datetime | None = None  # a waiting run wants an executor again from then
 
     @property
     def interrupted(self) -> bool:
@@ -370,6 +379,7 @@ class StepRow:
     next_attempt_at: datetime | None
     overrides: dict[str, Any] | None = None
     feedback: str | None = None
+    waiting_for: dict[str, Any] | None = None
     attempts: list[AttemptRow] = field(default_factory=list)
 
     @property
@@ -419,14 +429,32 @@ class RunSnapshot:
 
     run: RunRow
     steps: list[StepRow]
+    inputs: dict[str, Any] = field(default_factory=dict)  # values sent to the run, by name
+    # fan-outs not all of whose children were read (Store.snapshot's `some_children`): how many
+    # children each has; its output is then a ListPreview of its first FANOUT_HEAD children's
+    widths: dict[str, int] = field(default_factory=dict)
+    _kids: dict[str, list[StepRow]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def parents(self) -> list[StepRow]:
         return [s for s in self.steps if s.item == "" and s.compensates is None]
 
     def children(self, name: str) -> list[StepRow]:
-        """The current fan-out children in item order (those a re-expansion dropped have no index)."""
-        kids = [s for s in self.steps if s.name == name and s.item != "" and s.item_index is not None and s.compensates is None]
-        return sorted(kids, key=lambda s: s.item_index or 0)
+        """The current fan-out children in item order (those a re-expansion dropped have no index).
+        Indexed on the first call: a view asks once per fan-out, and a rescan of 100,000 rows
+        each time made `inspect` quadratic in the number of fan-outs shown."""
+        if self._kids is None:
+            kids: dict[str, list[StepRow]] = {}
+            for s in self.steps:
+                if s.item != "" and s.item_index is not None and s.compensates is None:
+                    kids.setdefault(s.name, []).append(s)
+            for rows in kids.values():
+                rows.sort(key=lambda s: s.item_index or 0)
+            self._kids = kids
+        return list(self._kids.get(name, ()))
+
+    def width(self, name: str) -> int:
+        """How many children the fan-out has, read or not."""
+        return self.widths.get(name, len(self.children(name)))
 
     def compensations(self) -> list[StepRow]:
         """Compensation rows in the order they run (reverse completion of the steps they undo)."""
@@ -435,16 +463,20 @@ class RunSnapshot:
     def output_of(self, row: StepRow) -> Any:
         """A fan-out parent's output is its children's outputs in item order."""
         if row.fanout:
+            if row.name in self.widths:
+                return ListPreview([c.output for c in self.children(row.name)[:FANOUT_HEAD]], self.widths[row.name])
             return [c.output for c in self.children(row.name)]
         return row.output
 
     def result(self) -> Any:
-        """The result step's output (Workflow(result=...)), else the sink steps' outputs: one
-        sink, its output; several, a dict by name in step order. Store.results applies the same rule."""
-        parents = self.parents()
-        needed = {d for s in parents for d in s.depends_on}
-        chosen = self.run.result_step
-        sinks = [s for s in parents if (s.name == chosen if chosen else s.name not in needed)]
-        if len(sinks) == 1:
-            return self.output_of(sinks[0])
-        return {s.name: self.output_of(s) for s in sinks}
+        return result_of(self.parents(), self.run.result_step, self.output_of)
+
+
+def result_of(parents: Sequence[StepRow], chosen: str | None, output_of: Callable[[StepRow], Any]) -> Any:
+    """The result step's output (Workflow(result=...)), else the sink steps' outputs: one sink,
+    its output; several, a dict by name in step order. Store.results applies the same rule."""
+    needed = {d for s in parents for d in s.depends_on}
+    sinks = [s for s in parents if (s.name == chosen if chosen else s.name not in needed)]
+    if len(sinks) == 1:
+        return output_of(sinks[0])
+    return {s.name: output_of(s) for s in sinks}

@@ -21,6 +21,7 @@ jsonb) stays well within."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,6 +32,8 @@ from statepipe.store.records import Change, NewEvent, NewRun, holds_nul, json_te
 MAX_DEPTH = 512
 REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# NUL escaped in JSON text: "\u0000" that is not the tail of an escaped backslash ("\\u0000")
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _LONE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
 
 
@@ -120,15 +123,15 @@ def check_depth(value: Any, root: str) -> None:
 
 def mended(value: Any) -> Any:
     """A message value with every unstorable character replaced by U+FFFD (keys too), surrogate
-    pairs joined; containers are copied only where something changed."""
+    pairs joined. A container is mended through its JSON text, which json reads and writes in C
+    however deep it nests (up to MAX_DEPTH and a little beside it)."""
     if isinstance(value, str):
         if "\x00" in value:
             value = value.replace("\x00", REPLACEMENT)
         return value if value.isascii() or _SURROGATE.search(value) is None else _joined(value)
-    if isinstance(value, dict):
-        return {mended(k): mended(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [mended(v) for v in value]
+    if isinstance(value, (dict, list, tuple)):
+        text = json_text(value)
+        return value if storable(text) else json.loads(_joined(_NUL_ESCAPE.sub(r"\1\\ufffd", text)))
     return value
 
 

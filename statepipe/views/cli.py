@@ -10,7 +10,6 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,6 +22,7 @@ from statepipe.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUN_CANCELLED,
     EXIT_RUN_FAILED,
+    ConflictError,
     InputError,
     StatepipeError,
 )
@@ -41,6 +41,7 @@ app.add_typer(db_app, name="db")
 OUTCOME_EXIT = {
     "succeeded": 0,
     "paused": 0,
+    "waiting": 0,  # resting until a person sends a value: not a failure
     "failed": EXIT_RUN_FAILED,
     "cancelled": EXIT_RUN_CANCELLED,
     "interrupted": EXIT_INTERRUPTED,
@@ -122,12 +123,9 @@ def _store(max_size: int = 4) -> Any:
 
 
 def _output_dir(store: Any, run_id: str | None) -> Path:
-    """Where a run's JSONL goes: --output-dir or STATEPIPE_OUTPUT_DIR, else the folder recorded
-    when the run was created (so a command run from elsewhere does not start a second tree
-    there, backfilled from the first event), else ./output."""
-    first = store.events_after(run_id, 0, 1) if run_id is not None else []
-    recorded = first[0].data.get("output_dir") if first and first[0].type == "run_created" else None
-    return config.output_dir(OPTS.output_dir, recorded)
+    from statepipe.client.api import output_dir_of
+
+    return output_dir_of(store, run_id, OPTS.output_dir)
 
 
 def _emit_json(value: Any) -> None:
@@ -150,21 +148,6 @@ def parse_inputs(pairs: list[str], input_file: str | None) -> dict[str, Any]:
             raise InputError(f"invalid -i {pair!r}: expected key=value")
         data[key.strip()] = json_or_text(raw, f"-i {key.strip()}")
     return data
-
-
-def parse_since(text: str | None) -> datetime | None:
-    """'90s', '30m', '12h', '7d', or an ISO date/time."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-        return datetime.now(timezone.utc) - timedelta(**{unit: int(m.group(1))})
-    try:
-        ts = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise InputError(f"invalid --since {text!r}: use 30m, 12h, 7d or an ISO date") from exc
-    return ts if ts.tzinfo else ts.astimezone()
 
 
 # -- executing --------------------------------------------------------------------------------
@@ -208,6 +191,7 @@ def _execute(
     rerun: Any = None,
     strict: bool = False,
     runtime: Any = None,
+    processes: int | None = None,
 ) -> int:
     """Shared by run, resume, rerun, feedback and fork: views on, execute with signal handling,
     result written."""
@@ -219,7 +203,7 @@ def _execute(
     from statepipe.views.live import LiveView
 
     out_dir = _output_dir(store, run_id)
-    runtime = runtime or Runtime(store)
+    runtime = runtime or Runtime(store, processes=processes)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     results = ResultWriter(out_dir)
@@ -289,25 +273,21 @@ def _execute(
         results.close()
     for line in changed_code:
         err.print(line, markup=False)
-    _report(store.get_run(run_id), state, time.monotonic() - began, store.snapshot(run_id) if state == "failed" else None)
+    _report(store.get_run(run_id), state, time.monotonic() - began, store.snapshot(run_id) if state in ("failed", "waiting") else None)
     if state == "succeeded" and rerun is not None:
         _report_reuse(store.snapshot(run_id), rerun)
     runtime.close()
     return OUTCOME_EXIT.get(state, 0)
 
 
-def _work_time(steps: list[Any]) -> float:
-    """Seconds the succeeded ones among `steps` originally took: what reusing them saves."""
-    return sum((s.finished_at - s.started_at).total_seconds() for s in steps if s.state == "succeeded" and s.started_at and s.finished_at)
-
-
 def _report_reuse(snap: Any, rerun: Any) -> None:
     """What the rerun saved: steps reused and the time they originally took."""
+    from statepipe.engine.rerun import work_time
     from statepipe.views.style import format_duration
 
     redone = set(rerun.affected_steps)
     reused = [s for s in snap.parents() if s.name not in redone]
-    saved = _work_time(reused)
+    saved = work_time(reused)
     err.print(f"reused {len(reused)} step(s) that originally took {format_duration(saved)}; re-ran {len(redone)}: {', '.join(sorted(redone))}")
 
 
@@ -371,6 +351,15 @@ def _report(run: Any, state: str, took: float, snap: Any = None) -> None:
         err.print(f"interrupted; the run is resumable: statepipe resume {run.id}")
     elif state == "paused":
         err.print(f"paused; continue with: statepipe resume {run.id}")
+    elif state == "waiting" and snap is not None:
+        for step in snap.steps:
+            if step.state == "waiting" and step.waiting_for:
+                label = f"{step.name}[{step.item}]" if step.item else step.name
+                err.print(f"waiting: {label} asks for {step.waiting_for['name']!r}", markup=False)
+        asks = [s.waiting_for for s in snap.steps if s.state == "waiting" and s.waiting_for]
+        keys = list(((asks[0].get("schema") or {}).get("properties") or {"key": None}) if asks else ["key"])
+        pairs = " ".join(f"-i {k}=..." for k in keys)
+        err.print(f"send it with: statepipe send {run.id[:8]} {asks[0]['name'] if asks else 'NAME'} {pairs}", markup=False)
     else:
         err.print(f"run {run.id} is {state}")
 
@@ -384,15 +373,15 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Only enqueue: a `statepipe worker` executes it. Prints the run id.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="LLM calls answered by a simulated model: no key, no cost.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute every step, even cacheable ones with a cached output.")] = False,
+    processes: Annotated[Optional[int], typer.Option("--processes", min=1, help="Process steps (process=True) running at once; default: the CPU count.")] = None,
 ) -> None:
     """Run a workflow: live step tree on a terminal, JSONL events when piped."""
+    from statepipe.client.runs import check_startable
     from statepipe.definition.loader import load
 
     run_input = parse_inputs(inputs, input_file)
     loaded = load(workflow)  # a bad workflow is reported before the database is touched
-    if not dry_run:
-        _check_keys(loaded.workflow)
-    loaded.workflow.check_input(run_input)
+    check_startable(loaded.workflow, run_input, dry_run)
     store = _store()
     if detach:
         from statepipe.engine.runtime import Runtime
@@ -401,18 +390,7 @@ def run(
         typer.echo(runtime.create_run(loaded, run_input, detach=True, dry_run=dry_run, no_cache=no_cache))
         runtime.close()
         return
-    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run, no_cache=no_cache))
-
-
-def _check_keys(wf: Any) -> None:
-    """A missing API key is a one-line error now, not a traceback in step 3."""
-    from statepipe.errors import ConfigError
-    from statepipe.llm.models import missing_keys
-
-    missing = missing_keys(wf.models)
-    if missing:
-        model, env = missing[0]
-        raise ConfigError(f"workflow {wf.name} calls {model}, which needs {env}; set it, or try it with --dry-run")
+    raise typer.Exit(_execute(store, None, workflow, run_input, grace, dry_run=dry_run, no_cache=no_cache, processes=processes))
 
 
 @app.command()
@@ -421,17 +399,14 @@ def resume(
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Hand it to a `statepipe worker` instead of running it here.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse if a step's code changed (default: run changed steps again).")] = False,
+    processes: Annotated[Optional[int], typer.Option("--processes", min=1, help="Process steps (process=True) running at once; default: the CPU count.")] = None,
 ) -> None:
     """Continue a run after a crash, Ctrl-C, pause or failure; completed steps are not run again."""
-    from statepipe.errors import ConflictError
+    from statepipe.engine.control import resumable
 
     store = _store()
     full = store.resolve_run_id(run_id)
-    run = store.get_run(full)
-    if run.state in ("succeeded", "cancelled"):
-        raise ConflictError(f"run {full} already {run.state}; nothing to resume")
-    if run.requested in ("pause", "pause_now"):
-        store.request(full, None)  # resuming overrules a pause nobody carried out yet
+    resumable(store, full)
     if detach:
         from statepipe.engine.control import resume_detached
         from statepipe.engine.runtime import Runtime
@@ -441,7 +416,7 @@ def resume(
         runtime.close()
         err.print(f"run {full}: {changed.note}")
         return
-    raise typer.Exit(_execute(store, full, None, None, grace, strict=strict))
+    raise typer.Exit(_execute(store, full, None, None, grace, strict=strict, processes=processes))
 
 
 @app.command()
@@ -451,15 +426,19 @@ def inspect(
     full: Annotated[bool, typer.Option("--full", help="Do not truncate long values.")] = False,
 ) -> None:
     """Show a run: state, input, result, timings, and every step with its attempts."""
-    from statepipe.views.render import inspect_json, inspect_view
+    from statepipe.views.render import inspect_streamed, inspect_view
 
     store = _store(max_size=1)
-    snap = store.snapshot(store.resolve_run_id(run_id), preview=not (as_json or full))
-    forks = store.forks_of(snap.run.id)
-    if as_json:
-        _emit_json(inspect_json(snap, forks))
-    else:
-        out_console().print(inspect_view(snap, forks, full))
+    full_id = store.resolve_run_id(run_id)
+    if as_json:  # written as it is read: a run of 100,000 children is never in memory whole
+        from statepipe.views.jsondoc import write_json
+
+        with store.reading(full_id) as reader:
+            sys.stdout.flush()
+            write_json(inspect_streamed(reader), sys.stdout.buffer.write)
+        return
+    snap = store.snapshot(full_id, preview=not full, some_children=not full)
+    out_console().print(inspect_view(snap, store.forks_of(snap.run.id), full))
 
 
 @app.command("list")
@@ -472,35 +451,29 @@ def list_runs(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON array of runs.")] = False,
 ) -> None:
     """Recent runs, newest first."""
+    from statepipe.client.api import RunFilter
+    from statepipe.client.runs import run_documents
     from statepipe.views.render import list_table
 
-    if status:  # the state machines' import is a fifth of this command's time: only when needed
-        from statepipe.lifecycles import RUN_STATES
-
-        for s in status:
-            if s not in (*RUN_STATES, "interrupted"):
-                raise InputError(f"unknown state {s!r}; one of {', '.join(RUN_STATES)}, interrupted")
-    since_ts = parse_since(since)
+    chosen = RunFilter.of(status, workflow, since, batch)
     store = _store(max_size=1)
-    runs = store.list_runs(states=status, workflow=workflow, since=since_ts, limit=limit, batch_id=batch)
+    runs = chosen.rows(store, limit)
     if as_json:
-        results = store.results([r.id for r in runs])
-        _emit_json([r.as_json(results.get(r.id)) for r in runs])
+        _emit_json(run_documents(store, runs))
     elif runs:
         out_console().print(list_table(runs))
-    _say_what_is_left_out(store, runs, limit, status, workflow, since, since_ts, batch)
+    _say_what_is_left_out(store, runs, limit, chosen, since)
 
 
-def _say_what_is_left_out(store: Any, runs: list[Any], limit: int, status: list[str], workflow: str | None,
-                          since: str | None, since_ts: datetime | None, batch: str | None) -> None:
+def _say_what_is_left_out(store: Any, runs: list[Any], limit: int, chosen: Any, since: str | None) -> None:
     """On stderr, so stdout stays the table or JSON: that nothing matched, or how many runs
     --limit left out."""
     if not runs:
-        given = [*(f"--status {s}" for s in status), *([f"--workflow {workflow}"] if workflow else []),
-                 *([f"--since {since}"] if since else []), *([f"--batch {batch}"] if batch else [])]
+        given = [*(f"--status {s}" for s in chosen.states), *([f"--workflow {chosen.workflow}"] if chosen.workflow else []),
+                 *([f"--since {since}"] if since else []), *([f"--batch {chosen.batch}"] if chosen.batch else [])]
         err.print(f"no runs match {' '.join(given)}" if given else "no runs yet", markup=False)
     elif len(runs) == limit:
-        total = store.count_runs(states=status, workflow=workflow, since=since_ts, batch_id=batch)
+        total = chosen.count(store)
         if total > limit:
             err.print(f"{limit} of {total} runs; --limit {total} shows them all", markup=False)
 
@@ -540,12 +513,13 @@ def _say_interrupted(run: Any) -> None:
 @app.command()
 def workflows(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Workflows found in ./workflows (and STATEPIPE_WORKFLOWS_PATH)."""
+    from statepipe.client.workflows import documents
     from statepipe.definition.loader import discover
     from statepipe.views.render import workflows_table
 
     found = discover()
     if as_json:
-        _emit_json([w.__dict__ for w in found])
+        _emit_json(documents(found))
     elif found:
         out_console().print(workflows_table(found))
     if not found:
@@ -575,38 +549,22 @@ def graph(
     sys.stdout.write((graph_mermaid(wf) if mermaid else graph_text(wf)) + "\n")
 
 
-def _take_over(store: Any, runtime: Any, run_id: str) -> None:
-    """A rerun needs the run at rest: a live owner is asked to pause at once (its running steps
-    stop and, when not affected, run again after the rerun)."""
+def _take_over(runtime: Any, run_id: str) -> None:
     import asyncio
 
-    from statepipe.engine.control import _live_owner, control
+    from statepipe.engine.control import take_over
 
-    run = store.get_run(run_id)
-    if _live_owner(run):
-        err.print(f"run {run_id} is executing on {run.owner}: pausing it first")
-        asyncio.run(control(runtime, run_id, "pause_now", 30.0))
-        if _live_owner(store.get_run(run_id)):
-            from statepipe.errors import ConflictError
-
-            raise ConflictError(f"run {run_id} did not pause within 30s; try again")
+    asyncio.run(take_over(runtime, run_id, err.print))
 
 
 def _show_plan(wf: Any, snap: Any, plan: Any) -> None:
     from statepipe.views.style import format_duration
 
-    affected = plan.affected(wf, snap.run.input)
-    kept = [s for s in snap.parents() if s.name not in affected]
-    took = _work_time(kept)
-    calls = 0
-    for name in affected:
-        step = wf[name]
-        if step.model:
-            calls += max(1, len(snap.children(name))) if step.map_over else 1
-    err.print(f"re-run: {', '.join(affected)}" + (f" (items {plan.items})" if plan.items else ""))
-    err.print(f"keep:   {', '.join(s.name for s in kept) or '(nothing)'} — {format_duration(took)} of work reused")
-    if calls:
-        err.print(f"about {calls} LLM call(s)")
+    summary = plan.summary(wf, snap)
+    err.print(f"re-run: {', '.join(summary['rerun'])}" + (f" (items {plan.items})" if plan.items else ""))
+    err.print(f"keep:   {', '.join(summary['keep']) or '(nothing)'} — {format_duration(summary['reused_s'])} of work reused")
+    if summary["llm_calls"]:
+        err.print(f"about {summary['llm_calls']} LLM call(s)")
 
 
 @app.command()
@@ -623,34 +581,22 @@ def rerun(
 ) -> None:
     """Run steps again, with everything downstream; every other step keeps its output."""
     from statepipe.definition.loader import load_ref
-    from statepipe.engine.rerun import RerunPlan, parse_sets
+    from statepipe.engine.rerun import parse_sets, plan_rerun, rerun_reason
     from statepipe.engine.runtime import Runtime
 
-    if items and len(from_steps) != 1:
-        raise InputError("--item needs exactly one --from (the fan-out step)")
     run_sets, step_sets = parse_sets(sets)
     store = _store()
     full = store.resolve_run_id(run_id)
     snap = store.snapshot(full)
     wf = load_ref(snap.run.workflow_ref).workflow
-    new_input = parse_inputs([], input_file) if input_file is not None else None
-    if run_sets:
-        new_input = {**(new_input if new_input is not None else snap.run.input), **run_sets}
-    plan = RerunPlan(
-        steps=[] if items else list(from_steps),
-        items={from_steps[0]: list(items)} if items else {},
-        reason=reason or " ".join(["rerun", *(f"--from {s}" for s in from_steps), *(f"--item {i}" for i in items), *(f"--set {v}" for v in sets)]
-                                  + (["--input-file"] if input_file is not None else [])),
-        input=new_input,
-        overrides=step_sets,
-        feedback={s: feedback for s in from_steps} if feedback else {},
+    plan = plan_rerun(
+        wf, snap, from_steps=from_steps, items=items, run_sets=run_sets, step_sets=step_sets,
+        new_input=parse_inputs([], input_file) if input_file is not None else None, feedback=feedback,
+        reason=reason or rerun_reason(from_steps, items, sets, input_file is not None),
     )
-    if not (plan.steps or plan.items or plan.overrides or plan.input is not None):
-        raise InputError("say what to run again: --from STEP, --set, or --input-file")
-    plan.check(wf, snap)
     _show_plan(wf, snap, plan)
     runtime = Runtime(store)
-    _take_over(store, runtime, full)
+    _take_over(runtime, full)
     raise typer.Exit(_execute(store, full, None, None, grace, rerun=plan, strict=strict, runtime=runtime))
 
 
@@ -667,10 +613,9 @@ def fork(
     store = _store()
     full = store.resolve_run_id(run_id)
     runtime = Runtime(store)
-    new_id = runtime.fork(full, from_steps=from_steps, output_dir=str(_output_dir(store, full).resolve()))
+    new_id = runtime.fork(full, from_steps=from_steps, output_dir=str(_output_dir(store, full).resolve()), detach=detach)
     err.print(f"forked {full} -> {new_id}")
     if detach:
-        store.release(new_id, 1)
         typer.echo(new_id)
         runtime.close()
         return
@@ -690,43 +635,22 @@ def feedback(
     """Route feedback to the steps it concerns (a model decides, or --steps), show the plan, and
     re-run them with the feedback in ctx.feedback."""
     from statepipe.definition.loader import load_ref
-    from statepipe.engine.context import StepContext
-    from statepipe.engine.rerun import RerunPlan
     from statepipe.engine.runtime import Runtime
-    from statepipe.errors import ConfigError
-    from statepipe.llm.feedback import Routing, StepChoice, classify
-    from statepipe.llm.models import missing_keys
+    from statepipe.llm.feedback import route
 
     store = _store()
     full = store.resolve_run_id(run_id)
     snap = store.snapshot(full)
     wf = load_ref(snap.run.workflow_ref).workflow
-    dry = dry_run or snap.run.dry_run
-    if steps:
-        routing = Routing(steps=[StepChoice(name=s.strip(), guidance=text) for s in steps.split(",") if s.strip()], reason="--steps")
-        classifier: dict[str, Any] = {"classifier": "--steps"}
-    else:
-        chosen = model or os.environ.get("STATEPIPE_FEEDBACK_MODEL") or (wf.models[0] if wf.models else "gpt-4o-mini")
-        missing = [] if dry else missing_keys([chosen])
-        if missing:
-            raise ConfigError(f"the feedback classifier {chosen} needs {missing[0][1]}; set it, use --steps, or --dry-run")
-        ctx = StepContext(full, "feedback", None, 1, snap.run.input, lambda _e: None, dry_run=dry)
-        routing = classify(ctx, wf, snap, text, chosen)
-        classifier = {"classifier": "simulated" if dry else chosen, "classifier_reason": routing.reason, "classifier_usage": ctx.usage}
-    plan = RerunPlan(
-        steps=[c.name for c in routing.steps],
-        reason=f"feedback: {text}",
-        feedback={c.name: c.guidance for c in routing.steps},
-        note={"feedback_text": text, **classifier},
-    )
-    plan.check(wf, snap)
-    err.print(f"feedback routed to {', '.join(plan.steps)}" + (f" ({routing.reason})" if routing.reason else ""))
+    routed = route(wf, snap, text, [s.strip() for s in (steps or "").split(",") if s.strip()], model, dry_run)
+    plan = routed.plan
+    err.print(f"feedback routed to {', '.join(plan.steps)}" + (f" ({routed.routing.reason})" if routed.routing.reason else ""))
     _show_plan(wf, snap, plan)
     if not _confirm([snap.run], "apply this plan to", yes, by_filter=True):
         err.print("nothing changed")
         raise typer.Exit(0)
     runtime = Runtime(store)
-    _take_over(store, runtime, full)
+    _take_over(runtime, full)
     raise typer.Exit(_execute(store, full, None, None, grace, rerun=plan, runtime=runtime))
 
 
@@ -738,6 +662,8 @@ def _select_runs(store: Any, run_ids: list[str], workflow: str | None, status: l
         return [store.get_run(store.resolve_run_id(r)) for r in run_ids]
     if not (workflow or status or since):
         raise InputError("name the runs: give run ids, or select them with --workflow, --status or --since")
+    from statepipe.client.runs import parse_since
+
     return store.list_runs(states=status or default_states, workflow=workflow, since=parse_since(since), limit=10_000)
 
 
@@ -801,7 +727,9 @@ def cancel(
     as_json: AsJson = False,
 ) -> None:
     """Cancel runs, whether their process is alive or dead."""
-    _control(run_ids or [], "cancel_compensate" if compensate else "cancel", "cancel", workflow, status, since, yes, wait, as_json)
+    from statepipe.engine.control import cancel_request
+
+    _control(run_ids or [], cancel_request(compensate), "cancel", workflow, status, since, yes, wait, as_json)
 
 
 @app.command()
@@ -816,7 +744,10 @@ def pause(
     as_json: AsJson = False,
 ) -> None:
     """Pause runs: no new step starts; running steps finish (or stop, with --now)."""
-    _control(run_ids or [], "pause_now" if now else "pause", "pause", workflow, status, since, yes, wait if not now else max(wait, 30.0), as_json)
+    from statepipe.engine.control import pause_request
+
+    kind, wait = pause_request(now, wait)
+    _control(run_ids or [], kind, "pause", workflow, status, since, yes, wait, as_json)
 
 
 @app.command()
@@ -825,6 +756,7 @@ def worker(
     workflows: Annotated[Optional[str], typer.Option("--workflows", help="Comma-separated workflow names to take (default: all).")] = None,
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish on SIGTERM/SIGINT.")] = 30.0,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when no run is left to claim.")] = False,
+    processes: Annotated[Optional[int], typer.Option("--processes", min=1, help="Process steps (process=True) running at once; default: the CPU count.")] = None,
 ) -> None:
     """Execute runs from the shared database: enqueued ones, released ones, and those whose owner died."""
     import asyncio
@@ -834,7 +766,7 @@ def worker(
 
     store = _store(max_size=max(4, concurrency + 2))
     out_dir = config.output_dir(OPTS.output_dir)
-    runtime = Runtime(store)
+    runtime = Runtime(store, processes=processes)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     results = ResultWriter(out_dir)
@@ -856,6 +788,42 @@ def worker(
         results.close()
         runtime.close()
     err.print(f"worker stopped after finishing {done} run(s)")
+
+
+@app.command()
+def send(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    name: Annotated[str, typer.Argument(help="The input's name, as the step's ctx.wait_for asks for it.")],
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value of the value (an object). Repeatable.")] = [],
+    input_file: Annotated[Optional[str], typer.Option("--input-file", "-f", help="The value as a JSON file; - reads stdin.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Only deliver: a `statepipe worker` continues the run.")] = False,
+    grace: Annotated[float, typer.Option(help="Seconds running steps get to finish after Ctrl-C/SIGTERM.")] = 30.0,
+) -> None:
+    """Send a value to a run's step waiting for input (ctx.wait_for), then continue the run here."""
+    from statepipe.engine.waits import send as deliver
+
+    store = _store()
+    full = store.resolve_run_id(run_id)
+    value: Any = read_value(input_file) if input_file is not None and not inputs else parse_inputs(inputs, input_file)
+    done = deliver(store, full, name, value)
+    err.print(f"{full[:8]} {name}: {done['note']}", markup=False)
+    if detach:
+        return
+    run = store.get_run(full)
+    if run.state != "waiting" or run.owner is not None:
+        err.print("the run's owner carries on with it" if run.owner else f"the run is {run.shown_state}", markup=False)
+        return
+    try:
+        raise typer.Exit(_execute(store, full, None, None, grace))
+    except ConflictError:  # a worker took it up first: it continues there
+        err.print("a worker continues the run", markup=False)
+
+
+def read_value(path: str) -> Any:
+    """Any JSON value from a file (`-`: stdin): an input's value need not be an object."""
+    from statepipe.inputs import json_value
+
+    return json_value(read_text(path, "stdin" if path == "-" else f"input file {path}"), path)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -4,6 +4,7 @@ a rich rendering of the same data for people."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,11 @@ from statepipe.views.style import STATE_STYLE, format_duration, format_time
 if TYPE_CHECKING:  # annotations only: `inspect` and `list` should not import the definitions
     from statepipe.definition.loader import Listed
     from statepipe.definition.workflow import Workflow
+    from statepipe.store.store import RunReader
 
-FANOUT_ROWS = 10  # children of one fan-out listed by inspect without --full (all that did not succeed, always)
+# children of one fan-out listed by inspect without --full (all that did not succeed, always); at
+# most half of records.FANOUT_HEAD, so that a snapshot's head holds the ones that succeeded
+FANOUT_ROWS = 10
 # lines inspect gives a value without --full: about one screen for a run of a few steps
 INPUT_LINES = 8
 RESULT_LINES = 16
@@ -45,18 +49,23 @@ def _duration(s: StepRow) -> float | None:
 
 
 def step_json(snap: RunSnapshot, s: StepRow) -> dict[str, Any]:
+    return step_document(s, snap.output_of(s))
+
+
+def step_document(s: StepRow, output: Any) -> dict[str, Any]:
     return {
         "name": s.name,
         "item": s.item or None,
         "state": s.state,
         "depends_on": s.depends_on,
         "attempt": s.attempt,
-        "output": snap.output_of(s),
+        "output": output,
         "error": s.error,
         "started_at": iso(s.started_at),
         "finished_at": iso(s.finished_at),
         "duration_s": _duration(s),
         "next_attempt_at": iso(s.next_attempt_at),
+        "waiting_for": s.waiting_for,
         "attempts": [a.as_json() for a in s.with_current()],
     }
 
@@ -67,7 +76,19 @@ def inspect_json(snap: RunSnapshot, forks: list[str]) -> dict[str, Any]:
         steps.append(step_json(snap, parent))
         steps.extend(step_json(snap, c) for c in snap.children(parent.name))
     steps.extend(step_json(snap, c) for c in snap.compensations())
-    return {"run": snap.run.as_json(snap.result()), "steps": steps, "forks": forks}
+    return _inspect_document(snap.run.as_json(snap.result()), steps, forks)
+
+
+def inspect_streamed(reader: RunReader) -> dict[str, Any]:
+    """inspect_json's document, its steps (and a fan-out's outputs) iterators that read the
+    store as jsondoc.write_json writes them."""
+    return _inspect_document(
+        reader.run.as_json(reader.result()), (step_document(s, reader.output_of(s)) for s in reader.steps()), reader.forks()
+    )
+
+
+def _inspect_document(run: dict[str, Any], steps: Iterable[dict[str, Any]], forks: list[str]) -> dict[str, Any]:
+    return {"run": run, "steps": steps, "forks": forks}
 
 
 def _shown(value: Any) -> Any:
@@ -178,7 +199,8 @@ class _Details:
 
     def _table(self) -> tuple[Fitted, list[StepRow]]:
         snap = self.snap
-        usage = any(a.usage for s in snap.steps for a in s.attempts)
+        # children not read (RunSnapshot.widths) may have used a model: the run's sum says so
+        usage = snap.run.tokens is not None or any(a.usage for s in snap.steps for a in s.attempts)
         table = Fitted(
             Column("step"), Column("state"), Column("att", justify="right"), Column("time", justify="right"),
             Column("started", drop=1), *([Column("llm", drop=3)] if usage else []), Column("output", flex=True, drop=2),
@@ -187,7 +209,8 @@ class _Details:
         rows: list[StepRow] = []
         for parent in [*snap.parents(), *snap.compensations()]:
             children = snap.children(parent.name)
-            shown = children if self.full else _some_children(children)
+            width = snap.width(parent.name)
+            shown = children if self.full else _some_children(children, width)
             for s in [parent, *shown]:
                 table.add_row(
                     _label(s), _state(s.state), str(len(s.with_current()) or ""),
@@ -195,8 +218,8 @@ class _Details:
                     lambda w, s=s: self._output_cell(s, w),  # type: ignore[misc]
                 )
                 rows.append(s)
-            if len(shown) < len(children):
-                left = len(children) - len(shown)
+            if len(shown) < width:
+                left = width - len(shown)
                 table.add_row(f"  └ … {left:,} more", _state("succeeded"), "", "", "", *([""] if usage else []),
                               Text("--full shows all", style="dim"))
         return table, rows
@@ -302,10 +325,13 @@ def _result_steps(snap: RunSnapshot) -> set[str]:
     return {s.name for s in parents if s.name not in needed}
 
 
-def _some_children(children: list[StepRow]) -> list[StepRow]:
+def _some_children(children: list[StepRow], width: int | None = None) -> list[StepRow]:
     """A fan-out's children as inspect lists them without --full: every one that did not succeed,
     and the first few that did, in item order; the rest, all succeeded, are counted in one row
-    (unless that row would stand for a single child: then it is listed instead)."""
+    (unless that row would stand for a single child: then it is listed instead). `children`
+    may be some of the fan-out's `width` (Store.snapshot's `some_children`): every one that did
+    not succeed and the first FANOUT_HEAD, which hold the first FANOUT_ROWS that did."""
+    width = len(children) if width is None else width
     room = FANOUT_ROWS - sum(c.state != "succeeded" for c in children)
     shown: list[StepRow] = []
     for c in children:
@@ -314,7 +340,7 @@ def _some_children(children: list[StepRow]) -> list[StepRow]:
         elif room > 0:
             shown.append(c)
             room -= 1
-    return shown if len(children) - len(shown) > 1 else children
+    return shown if width - len(shown) > 1 else children
 
 
 def _cached_note(a: AttemptRow) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -103,7 +103,7 @@ class ServerWorker:
 def create_app(config: ServeConfig) -> FastAPI:
     from statepipe import __version__
     from statepipe.store.database import open_store
-    from statepipe.views.web import api, pages, streams
+    from statepipe.views.web import api, auth, pages, streams
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +113,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         await bus.start()
         worker = ServerWorker(store, config) if config.worker else None
         app.state.worker = worker
+        app.state.steering = api.Steering(store)
         if worker is not None:
             worker.start()
         try:
@@ -121,6 +122,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             await bus.stop()
             if worker is not None:
                 await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(app.state.steering.close)
             store.pool.close()
 
     app = FastAPI(
@@ -128,6 +130,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         version=__version__,
         description="Durable, observable AI workflows: start, watch and steer runs; every event resumable by seq.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # served by api.docs, behind the guard
     )
 
     @app.exception_handler(StatepipeError)
@@ -155,8 +158,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         bus: Bus = request.app.state.bus
         return {"ok": True, "version": __version__, "listening": bus.connected.is_set(), "worker": request.app.state.worker is not None}
 
-    app.include_router(api.router)
-    app.include_router(streams.router)
-    app.include_router(pages.router)
+    guarded = [Depends(auth.required), Depends(auth.same_site)]  # token (or loopback), and no cross-site changes
+    app.include_router(api.router, dependencies=guarded)
+    app.include_router(api.docs, dependencies=guarded)
+    app.include_router(streams.router, dependencies=guarded)
+    app.include_router(pages.router, dependencies=guarded)
+    auth.install(app)
     pages.mount_static(app)
     return app
