@@ -171,6 +171,8 @@ def main() -> None:
             print(f"| {(first['html'] + first['assets']) / 1024:.0f} KB (HTML+data {first['html'] / 1024:.0f} KB) | "
                   f"{first['requests']} | {med['fp']:.0f} | {med['fcp']:.0f} | {med['dcl']:.0f} | {med['drawn']:.0f} | "
                   f"{med['children']:.0f} | {med['scroll']:.0f} | {first['rows']} | {first['elements']} |")
+            print(f"\nthe first load, when the server reads the run from the database (later loads reuse its snapshot"
+                  f" while the run is unchanged): first paint {first['fcp']:.0f} ms, steps drawn {first['drawn']:.0f} ms")
             print(f"\nresources: {', '.join(f'{n} {b / 1024:.1f} KB' for n, b in first['resources'])}")
             print(f"for comparison, the whole run as `inspect --json` (GET /api/runs/ID): {whole / 1024 / 1024:.1f} MB")
             if args.live:

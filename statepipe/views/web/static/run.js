@@ -131,7 +131,7 @@
       S.ended = true;
       S.endState = JSON.parse(m.data).state;
       SP.setConn("ended", "run " + S.endState);
-      refreshSoon(0);
+      if (S.seqs.length) refreshSoon(0); // else the page's data already shows the end
     });
     es.onerror = () => {
       if (S.ended) return;
