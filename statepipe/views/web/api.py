@@ -96,7 +96,7 @@ class RunDocument(BaseModel):
 
     id: str
     workflow: str
-    state: str = Field(description="pending, running, paused, succeeded, failed, cancelled, or interrupted (nobody executes it)")
+    state: str = Field(description="pending, running, waiting, paused, succeeded, failed, cancelled, or interrupted (nobody executes it)")
     input: dict[str, Any]
     result: Any = None
     error: str | None
@@ -114,6 +114,8 @@ class RunDocument(BaseModel):
     dry_run: bool
     forked_from: str | None
     batch_id: str | None
+    parent_run: str | None = Field(description="the run whose step started this one (ctx.run_workflow), if any")
+    parent_key: str | None
     last_seq: int = Field(description="the run's last event; stream from it with /api/runs/{id}/events?after=")
 
 
