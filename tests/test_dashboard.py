@@ -1,5 +1,6 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright against a real
-`statepipe serve` (the `server` fixture) and its worker, runs started with the real CLI.
+`statepipe serve` and its worker; runs started with the real CLI (`run --detach`, for the live
+list) or, quicker, through the API (POST /api/runs, the test workflows found by name).
 
 Nothing here measures time: a test waits for what the page shows (with a deadline) and then
 compares it with what the store holds (`statepipe logs`, `statepipe inspect --json`)."""
@@ -20,12 +21,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CLI, TEMPLATE, Server, _with_db, workflow_path
+from conftest import CLI, TEMPLATE, TEST_WORKFLOWS, Server, _with_db, workflow_path
 from psycopg import sql
 
 from statepipe.store.database import open_store
 from statepipe.store.store import Store
 
+Dash = tuple[CLI, Server, Store]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,7 +41,7 @@ if not Path(CHROMIUM).exists():
 
 
 @pytest.fixture(scope="module")
-def dash(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CLI, Server, Store]]:
+def dash(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     """One database and one `statepipe serve` for the whole module (as the `server` fixture
     makes them, once: starting a server is most of a short test's time). Each test makes its
     own runs and looks only at them."""
@@ -52,7 +54,7 @@ def dash(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFa
         mp.setenv("STATEPIPE_DATABASE_URL", url)
         mp.setenv("STATEPIPE_OUTPUT_DIR", str(out))
         cli = CLI(url, out)
-        srv = Server(cli).start()
+        srv = Server(cli, STATEPIPE_WORKFLOWS_PATH=str(TEST_WORKFLOWS)).start()  # POST /api/runs finds them by name
         # a module's worth of server logs would fill the stderr pipe and stall the server
         assert srv.proc is not None and srv.proc.stderr is not None
         logs: list[str] = []
@@ -70,12 +72,12 @@ def dash(server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture
-def cli(dash: tuple[CLI, Server, Store]) -> CLI:
+def cli(dash: Dash) -> CLI:
     return dash[0]
 
 
 @pytest.fixture
-def store(dash: tuple[CLI, Server, Store]) -> Store:
+def store(dash: Dash) -> Store:
     return dash[2]
 
 
@@ -109,7 +111,7 @@ class Web:
 
 
 @pytest.fixture
-def web(browser: Any, dash: tuple[CLI, Server, Store]) -> Iterator[Web]:
+def web(browser: Any, dash: Dash) -> Iterator[Web]:
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     w = Web(dash[1].url, context, page)
@@ -133,12 +135,14 @@ def detach(cli: CLI, workflow: str, *inputs: str) -> str:
     return done.stdout.split()[-1]
 
 
-def finished(cli: CLI, workflow: str, *inputs: str) -> str:
-    """A run executed to its end by the CLI itself; its id."""
-    args = [a for i in inputs for a in ("-i", i)]
-    done = cli("run", workflow_path(workflow), *args)
-    assert done.returncode == 0, done.stderr
-    return str(json.loads(done.stdout.splitlines()[0])["run_id"])
+def start(dash: Dash, workflow: str, wait: bool = True, **run_input: Any) -> str:
+    """A run started through the API (quicker than a CLI process): with `wait`, once it ended."""
+    import httpx
+
+    r = httpx.post(f"{dash[1].url}/api/runs", params={"wait": "true"} if wait else {},
+                   json={"workflow": workflow, "input": run_input}, timeout=120)
+    assert r.status_code == (200 if wait else 201), r.text
+    return str(r.json()["run"]["id"] if wait else r.json()["id"])
 
 
 def logged_seqs(cli: CLI, run_id: str) -> list[int]:
@@ -168,10 +172,9 @@ def test_list_shows_a_run_started_from_the_cli_live(web: Web, cli: CLI) -> None:
     assert web.state()["updates"] >= 2
 
 
-def test_list_filters_by_state_and_id_prefix(web: Web, cli: CLI) -> None:
-    ok = finished(cli, "streamer", "count=2", "delay=0")
-    failed = cli("run", workflow_path("failing"))
-    assert failed.returncode != 0
+def test_list_filters_by_state_and_id_prefix(web: Web, cli: CLI, dash: Dash) -> None:
+    ok = start(dash, "streamer", count=2, delay=0)
+    start(dash, "failing")
     page = web.open("/?status=failed")
     web.wait("window.__statepipe.ready")
     failed_id = cli.json("list", "--status", "failed", "--limit", "1", "--json")[0]["id"]
@@ -189,8 +192,8 @@ def test_list_filters_by_state_and_id_prefix(web: Web, cli: CLI) -> None:
 # -- the run page -------------------------------------------------------------------------------
 
 
-def test_run_page_shows_tokens_as_they_stream(web: Web, cli: CLI) -> None:
-    run_id = detach(cli, "streamer", "count=20", "delay=0.15")
+def test_run_page_shows_tokens_as_they_stream(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "streamer", False, count=20, delay=0.15)
     page = web.open(f"/runs/{run_id}#step=write")
     stream = "#detail pre.stream"
     seen: list[str] = []
@@ -207,8 +210,8 @@ def test_run_page_shows_tokens_as_they_stream(web: Web, cli: CLI) -> None:
     badge(web, "#run-state", "succeeded")
 
 
-def test_network_lost_mid_run_the_page_ends_with_exactly_the_runs_events(web: Web, cli: CLI, store: Any) -> None:
-    run_id = detach(cli, "streamer", "count=30", "delay=0.1")
+def test_network_lost_mid_run_the_page_ends_with_exactly_the_runs_events(web: Web, cli: CLI, store: Any, dash: Dash) -> None:
+    run_id = start(dash, "streamer", False, count=30, delay=0.1)
     page = web.open(f"/runs/{run_id}#step=write")
     web.wait("window.__statepipe.seqs.length >= 5")
     web.context.set_offline(True)
@@ -227,8 +230,8 @@ def test_network_lost_mid_run_the_page_ends_with_exactly_the_runs_events(web: We
     assert page.locator("#detail pre.stream").first.text_content() == " ".join(f"w{i}" for i in range(30)) + " "
 
 
-def test_reload_mid_run_loses_nothing(web: Web, cli: CLI) -> None:
-    run_id = detach(cli, "streamer", "count=20", "delay=0.1")
+def test_reload_mid_run_loses_nothing(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "streamer", False, count=20, delay=0.1)
     page = web.open(f"/runs/{run_id}#step=write")
     web.wait("(document.querySelector('#detail pre.stream')?.textContent || '').length > 10")
     page.reload()
@@ -238,8 +241,8 @@ def test_reload_mid_run_loses_nothing(web: Web, cli: CLI) -> None:
     assert page.locator("#detail pre.stream").first.text_content() == " ".join(f"w{i}" for i in range(20)) + " "
 
 
-def test_output_with_html_is_shown_as_text(web: Web, cli: CLI) -> None:
-    run_id = finished(cli, "streamer", "count=2", "delay=0")
+def test_output_with_html_is_shown_as_text(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "streamer", count=2, delay=0)
     page = web.open(f"/runs/{run_id}#step=markup")
     page.locator("#detail pre.stream").filter(has_text="<script>alert(1)</script>").wait_for(timeout=WAIT_MS)
     assert page.locator("#detail pre.stream").first.text_content() == MARKUP
@@ -251,8 +254,8 @@ def test_output_with_html_is_shown_as_text(web: Web, cli: CLI) -> None:
     assert web.dialogs == []
 
 
-def test_cancel_button_cancels_the_run(web: Web, cli: CLI) -> None:
-    run_id = detach(cli, "streamer", "count=600", "delay=0.1")
+def test_cancel_button_cancels_the_run(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "streamer", False, count=600, delay=0.1)
     page = web.open(f"/runs/{run_id}")
     badge(web, "#run-state", "running")
     page.click("#actions button[data-act=cancel]")
@@ -261,8 +264,8 @@ def test_cancel_button_cancels_the_run(web: Web, cli: CLI) -> None:
     assert cli.json("inspect", run_id, "--json")["run"]["state"] == "cancelled"
 
 
-def test_rerun_button_reruns_from_the_chosen_step(web: Web, cli: CLI) -> None:
-    run_id = finished(cli, "streamer", "count=3", "delay=0")
+def test_rerun_button_reruns_from_the_chosen_step(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "streamer", count=3, delay=0)
     page = web.open(f"/runs/{run_id}")
     web.wait("window.__statepipe.ended")
     page.select_option("#rerun-step", "write")
@@ -279,8 +282,25 @@ def test_rerun_button_reruns_from_the_chosen_step(web: Web, cli: CLI) -> None:
     page.locator("#detail .badge.st-invalidated").wait_for(timeout=WAIT_MS)  # attempt 1, replaced
 
 
-def test_failed_attempts_and_errors_are_shown(web: Web, cli: CLI) -> None:
-    run_id = finished(cli, "faulty", "items=3", "pause=0")
+def test_feedback_shows_the_plan_then_applies_it(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "streamer", count=3, delay=0)
+    page = web.open(f"/runs/{run_id}")
+    page.fill("#feedback textarea", "the words are too short")
+    page.select_option("#feedback select", "write")  # named: no classifier (and no key) needed
+    page.click("#feedback button[type=submit]")
+    page.locator("#plan").filter(has_text="re-runs write, markup; keeps words").wait_for(timeout=WAIT_MS)
+    assert cli.json("inspect", run_id, "--json")["steps"][1]["attempt"] == 1  # a plan changes nothing
+    page.click("#plan button.primary")
+    page.locator('.srow[data-step="markup"]').filter(has_text="#2").wait_for(timeout=WAIT_MS)
+    badge(web, "#run-state", "succeeded")
+    write = next(s for s in cli.json("inspect", run_id, "--json")["steps"] if s["name"] == "write")
+    assert write["attempt"] == 2 and [a["state"] for a in write["attempts"]] == ["succeeded", "succeeded"]
+    page.click('.srow[data-step="write"]')
+    page.locator("#detail").filter(has_text="the words are too short").wait_for(timeout=WAIT_MS)  # ctx.feedback
+
+
+def test_failed_attempts_and_errors_are_shown(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "faulty", items=3, pause=0)
     page = web.open(f"/runs/{run_id}#step=fan&item=1")
     card = page.locator("#detail .attempt[data-attempt='1']")
     card.locator(".badge.st-failed").wait_for(timeout=WAIT_MS)
@@ -289,8 +309,8 @@ def test_failed_attempts_and_errors_are_shown(web: Web, cli: CLI) -> None:
     page.locator("#detail .attempt[data-attempt='2'] .badge.st-succeeded").wait_for(timeout=WAIT_MS)
 
 
-def test_a_wide_fan_out_is_a_window_not_a_row_per_child(web: Web, cli: CLI) -> None:
-    run_id = finished(cli, "crashy", "items=400", "pause=0")
+def test_a_wide_fan_out_is_a_window_not_a_row_per_child(web: Web, cli: CLI, dash: Dash) -> None:
+    run_id = start(dash, "crashy", items=400, pause=0)
     page = web.open(f"/runs/{run_id}")
     page.click('.srow[data-step="fan"] .twisty')
     list_ = page.locator(".vlist").first
@@ -320,9 +340,9 @@ def test_start_a_run_from_the_workflow_page(web: Web, cli: CLI) -> None:
     assert cli.json("inspect", run_id, "--json")["run"]["workflow"] == "building"
 
 
-def test_pages_behind_a_token_ask_to_log_in_then_work(browser: Any, dash: tuple[CLI, Server, Store]) -> None:
+def test_pages_behind_a_token_ask_to_log_in_then_work(browser: Any, dash: Dash) -> None:
     cli = dash[0]
-    run_id = finished(cli, "streamer", "count=3", "delay=0")
+    run_id = start(dash, "streamer", count=3, delay=0)
     guarded = Server(cli, "--token", "s3cret", "--no-worker").start()
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     try:

@@ -621,13 +621,17 @@
     const ask = { text, dry_run: !!model.run.dry_run, ...(chosen ? { steps: [chosen] } : {}) };
     const r = await SP.post(`/api/runs/${encodeURIComponent(RUN)}/feedback`, { ...ask, apply: false });
     btn.disabled = false;
-    if (!r.ok) { plan.replaceChildren(h("p", { class: "error-text", text: r.data.error || "HTTP " + r.status })); return; }
+    if (!r.ok) {
+      plan.replaceChildren(h("div", {}, h("p", { class: "error-text", text: r.data.error || "HTTP " + r.status }),
+        chosen ? null : h("p", { class: "hint", text: "Or name the step it concerns in the list beside the button: no classifier is asked then." })));
+      return;
+    }
     const doc = r.data || {}, p = doc.plan || {}, routing = doc.routing || {};
     const who = doc.classifier && doc.classifier.classifier;
-    plan.replaceChildren(
-      h("div", { class: "sub", text: "the plan" + (who ? ` (routed by ${who})` : "") }),
+    plan.replaceChildren(h("div", {},
+      h("div", { class: "sub", text: "the plan" + (who === "--steps" ? " (the step you named)" : who ? ` (routed by ${who})` : "") }),
       h("ul", {}, ...(routing.steps || []).map((c) => h("li", {}, h("strong", { text: c.name }), c.guidance && c.guidance !== text ? ": " + c.guidance : ""))),
-      routing.reason ? h("p", { class: "hint", text: routing.reason }) : null,
+      routing.reason && routing.reason !== "--steps" ? h("p", { class: "hint", text: routing.reason }) : null,
       h("p", {}, "re-runs ", h("strong", { text: (p.rerun || []).join(", ") || "nothing" }),
         (p.keep || []).length ? `; keeps ${p.keep.join(", ")} (${SP.duration(p.reused_s)} of work)` : "",
         p.llm_calls ? `; about ${p.llm_calls} LLM call${p.llm_calls === 1 ? "" : "s"}` : ""),
@@ -643,8 +647,16 @@
           follow();
           refreshSoon(0);
         } }, "Apply"),
-        h("button", { type: "button", onclick: () => { plan.hidden = true; } }, "Discard")),
+        h("button", { type: "button", onclick: () => { plan.hidden = true; } }, "Discard"))),
     );
+  });
+
+  // rows and graph nodes are focusable: Enter or Space selects, as a click does
+  document.addEventListener("keydown", (e) => {
+    if ((e.key === "Enter" || e.key === " ") && e.target.matches && e.target.matches(".srow[tabindex], .dag-node")) {
+      e.preventDefault();
+      e.target.dispatchEvent(new MouseEvent("click", { bubbles: true }));
+    }
   });
 
   document.getElementById("dag").addEventListener("click", (e) => {
