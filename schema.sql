@@ -1,4 +1,4 @@
--- statepipe schema, version 7.
+-- statepipe schema, version 8.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -107,6 +107,15 @@ CREATE TABLE IF NOT EXISTS statepipe.signals (
     PRIMARY KEY (run_id, name)
 );
 
+-- v8: child workflows (ctx.run_workflow): a run started by a step of another names its parent and
+-- its key there, unique, so a parent resumed after a crash finds its child and never starts a
+-- second; depth counts the generations, bounded (a cycle of workflows starting each other ends).
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS parent_run text;
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS parent_key text;
+ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS depth integer NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX IF NOT EXISTS runs_parent_idx ON statepipe.runs (parent_run, parent_key)
+    WHERE parent_run IS NOT NULL;
+
 CREATE INDEX IF NOT EXISTS attempts_cache_idx ON statepipe.attempts (cache_key, finished_at DESC)
     WHERE cache_key IS NOT NULL AND state = 'succeeded';
 CREATE INDEX IF NOT EXISTS runs_forked_from_idx ON statepipe.runs (forked_from) WHERE forked_from IS NOT NULL;
@@ -170,14 +179,16 @@ DECLARE
 BEGIN
     IF p ? 'new_runs' THEN
         INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at, fencing_token,
-                                    batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from, result_step)
+                                    batch_id, batch_index, dry_run, no_cache, fingerprint, forked_from, result_step,
+                                    parent_run, parent_key, depth)
         SELECT n.id, n.workflow, n.workflow_ref, 'pending', coalesce(big[n.ib], p->'values'->n.i), n.owner,
                CASE WHEN n.owner IS NULL THEN NULL ELSE now() + make_interval(secs => n.lease_s) END, 1,
-               n.batch_id, n.batch_index, n.dry_run, n.no_cache, n.fingerprint, n.forked_from, n.result_step
+               n.batch_id, n.batch_index, n.dry_run, n.no_cache, n.fingerprint, n.forked_from, n.result_step,
+               n.parent_run, n.parent_key, coalesce(n.depth, 0)
           FROM jsonb_to_recordset(p->'new_runs')
                AS n(id text, workflow text, workflow_ref text, i integer, ib integer, owner text, lease_s float8,
                     batch_id text, batch_index integer, dry_run boolean, no_cache boolean, fingerprint jsonb,
-                    forked_from text, result_step text);
+                    forked_from text, result_step text, parent_run text, parent_key text, depth integer);
         IF jsonb_path_exists(p->'new_runs', '$[*] ? (@.owner == null)') THEN
             PERFORM pg_notify('statepipe_runnable', p->'new_runs'->0->>'id');  -- store.RUNNABLE_CHANNEL
         END IF;
@@ -317,4 +328,4 @@ END $$;
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (7) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (8) ON CONFLICT DO NOTHING;

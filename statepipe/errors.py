@@ -80,6 +80,14 @@ class StepProcessDied(StatepipeError):
     killer): that attempt fails, retried per the step's policy; the run's process lives on."""
 
 
+class ChildRunFailed(Exception):
+    """A child workflow (ctx.run_workflow) ended without succeeding: its step fails with it."""
+
+    def __init__(self, run_id: str, workflow: str, state: str, error: str | None) -> None:
+        super().__init__(f"child run {run_id} ({workflow}) {state}" + (f": {error}" if error else ""))
+        self.run_id, self.workflow, self.state, self.error = run_id, workflow, state, error
+
+
 class NonRetryable(Exception):
     """Raise from a step to fail it at once, whatever its retry policy says."""
 

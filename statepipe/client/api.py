@@ -91,8 +91,9 @@ class RunFilter:
         return store.list_runs(states=self.states, workflow=self.workflow, since=self.since, limit=limit,
                                batch_id=self.batch, before=before)
 
-    def count(self, store: Store) -> int:
-        return store.count_runs(states=self.states, workflow=self.workflow, since=self.since, batch_id=self.batch)
+    def count(self, store: Store, at_most: int | None = None) -> int:
+        return store.count_runs(states=self.states, workflow=self.workflow, since=self.since, batch_id=self.batch,
+                                at_most=at_most)
 
 
 def settle(store: Store, run_id: str, ended: str) -> Any:

@@ -11,6 +11,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from statepipe.definition.workflow import Workflow
 from statepipe.errors import DefinitionError, NotFoundError, StatepipeError
@@ -156,3 +157,18 @@ def discover() -> list[Listed]:
             except StatepipeError as exc:
                 out.append(Listed(path.stem, str(path), 0, "", error=str(exc)))
     return out
+
+
+def loaded_for(workflow: Any) -> Loaded:
+    """A workflow as a run records it: by name (found as the CLI finds it), or a Workflow object,
+    found by the module global that holds it, so another process can load it again by file."""
+    if isinstance(workflow, str):
+        return load(workflow)
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path or not str(path).endswith(".py"):
+            continue
+        for name, value in list(vars(module).items()):
+            if value is workflow:
+                return Loaded(workflow, f"{Path(path).resolve()}:{name}")
+    raise DefinitionError(f"workflow {getattr(workflow, 'name', workflow)!r} is not a module-level object of a file: pass its name")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statepipe.engine.outputs import encode
+from statepipe.errors import ChildRunFailed
 from statepipe.store.records import NewEvent
 
 
@@ -31,6 +32,7 @@ class StepContext:
     emitted: int = 0  # output chunks sent: a retry after any marks this attempt's text abandoned
     _inputs: dict[str, Any] = field(default_factory=dict, repr=False)  # values sent to the run, by name
     _held: str = field(default="", repr=False)  # half a surrogate pair waiting for its other half (emit)
+    _spawn: Callable[[Any, dict[str, Any], str], str] | None = field(default=None, repr=False)  # see run_workflow
 
     @property
     def idempotency_key(self) -> str:
@@ -91,6 +93,29 @@ class StepContext:
         if name in self._inputs:
             return validated(self._inputs[name], schema, name)
         raise AwaitingInput(name, schema_json(schema), timeout)
+
+    def run_workflow(self, workflow: Any, input: dict[str, Any] | None = None, *, key: str | None = None) -> Any:
+        """Run another workflow (a name, found as the CLI finds it, or a Workflow object defined
+        in a workflow file) as a child of this run and return its result; raises ChildRunFailed
+        when it fails. The child is its own run (listed, inspected, linked both ways); the step
+        waits for it as for input, holding nothing, and runs again when it ends, this call then
+        returning its result. It is started once per step, item and `key` (default: the
+        workflow's name): a parent resumed after a crash finds its child, never starts another."""
+        from statepipe.engine.waits import AwaitingInput
+
+        name = workflow if isinstance(workflow, str) else getattr(workflow, "name", str(workflow))
+        ident = (f"{self.step}[{self.item}]" if self.item else self.step) + "/" + (key or name)
+        signal = f"child:{ident}"
+        if signal in self._inputs:
+            outcome = self._inputs[signal]
+            if outcome.get("state") == "succeeded":
+                return outcome.get("result")
+            raise ChildRunFailed(outcome.get("run_id", "?"), outcome.get("workflow", name), outcome.get("state", "?"), outcome.get("error"))
+        self.checkpoint()
+        if self._spawn is None:
+            raise RuntimeError("run_workflow is available to steps executed by statepipe")
+        self._spawn(workflow, dict(input or {}), ident)
+        raise AwaitingInput(signal, None, None)
 
     def record_usage(self, call: dict[str, Any]) -> None:
         """Keep one LLM call's tokens, cost and latency: they are stored with this attempt."""

@@ -54,12 +54,17 @@ def pause_request(now: bool, wait: float) -> tuple[str, float]:
 
 
 async def control(runtime: Runtime, run_id: str, kind: str, wait: float) -> Changed:
-    """Carry out `kind` (pause, pause_now, cancel, cancel_compensate) on one run."""
+    """Carry out `kind` (pause, pause_now, cancel, cancel_compensate) on one run, and first on
+    the child workflows its steps started that have not ended (a cancelled parent leaves none
+    running)."""
     store = runtime.store
     run = await asyncio.to_thread(store.get_run, run_id)
     target = "cancelled" if kind in CANCEL_REQUESTS else "paused"
     if run.state in RUN_FINISHED or (kind in PAUSE_REQUESTS and run.state == "paused"):
         return Changed(run_id, run.state, run.state, f"already {run.state}")
+    for child in await asyncio.to_thread(store.children_of, run_id):
+        if child.state not in RUN_FINISHED:
+            await control(runtime, child.id, kind, wait)
     await asyncio.to_thread(store.request, run_id, kind)
     if _live_owner(run):
         state = await asyncio.to_thread(_await_owner, runtime, run_id, target, wait)

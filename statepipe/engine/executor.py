@@ -613,7 +613,7 @@ class RunExecutor:
         """A control command arrived (through NOTIFY or the heartbeat); `input`: a value was
         sent to the run (waits.send), for a step waiting here, maybe."""
         if kind == "input":
-            asyncio.create_task(self._reload_inputs())
+            asyncio.create_task(self.reload_inputs())
             return
         if kind and kind != self.request and kind in CANCEL_REQUESTS + PAUSE_REQUESTS:
             self.request = kind
@@ -621,7 +621,14 @@ class RunExecutor:
                 self._interrupt_tasks()  # an undo action in flight is never cut short: it completes
             self._wake.set()
 
-    async def _reload_inputs(self) -> None:
+    def _spawn_child(self, workflow: Any, run_input: dict[str, Any], key: str) -> str:
+        """ctx.run_workflow, from the step's thread: the child run, found or started."""
+        from statepipe.definition.loader import loaded_for
+
+        return self.runtime.start_child(self.loaded_run, key, loaded_for(workflow), run_input)
+
+    async def reload_inputs(self) -> None:
+        """Read the values sent to the run again (one came: waits.send, or a child ended)."""
         try:
             self.inputs.update(await asyncio.to_thread(self.runtime.store.inputs, self.run_id))
         except DatabaseUnavailable as exc:  # the value stays stored: the next resume finds it
@@ -692,6 +699,8 @@ class RunExecutor:
         awaited = [st for st in self._awaiting if st.state == "waiting" and st.waiting_for is not None]
         if not awaited or any(st.state == "waiting" for st in self._waiting):
             return  # a retry's time comes sooner or later: this executor waits for it
+        if self.runtime.local_children.get(self.run_id):
+            return  # its child runs execute in this process: it waits here for them
         names = sorted({str(st.waiting_for["name"]) for st in awaited if st.waiting_for})
         deadlines = [datetime.fromisoformat(d) for st in awaited if st.waiting_for and (d := st.waiting_for.get("deadline"))]
         self.run_lc.send("await_input")
@@ -878,7 +887,7 @@ class RunExecutor:
         st.ctx = StepContext(
             self.run_id, st.name, st.item_or_none, st.attempt, self.input, self._publish,
             dry_run=self.dry_run, last_error=st.previous_error, feedback=st.feedback or self.parents[st.step.name].feedback,
-            _inputs=self.inputs,
+            _inputs=self.inputs, _spawn=self._spawn_child,
         )
         st.call = self._plain_call(st, st.ctx)
 
@@ -948,10 +957,10 @@ class RunExecutor:
             waits.append(self.clock_start + timedelta(seconds=self.wf.timeout))
         if waits:
             timeout = max(0.0, (min(waits) - utcnow()).total_seconds())
-        if not self.tasks and timeout is None and not self.request:
-            if not self.failure:
-                raise RuntimeError(f"run {self.run_id}: nothing running and nothing ready")  # a bug, not a user error
-            return
+        if not self.tasks and timeout is None and not self.request and not self.runtime.local_children.get(self.run_id):
+            if self.failure or any(st.state == "waiting" for st in self._awaiting):
+                return  # the next round ends the run, or rests it waiting for input (_maybe_wait)
+            raise RuntimeError(f"run {self.run_id}: nothing running and nothing ready")  # a bug, not a user error
         self._wake.clear()
         ready = any(t.done() for t in self.tasks)
         if not ready and self._wait_on_the_spot():

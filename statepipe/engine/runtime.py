@@ -41,6 +41,7 @@ from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store, first_line
 
 log = logging.getLogger("statepipe.runtime")
+MAX_CHILD_DEPTH = 8  # child workflows nest at most this deep
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class Runtime:
         self._control: threading.Thread | None = None
         self._stopping = False
         self._setbacks: dict[str, _Setback] = {}  # runs this worker let go because of an error
-        self._definitions: dict[tuple[str, str], Loaded] = {}  # (ref, name) -> loaded and validated once
+        self._definitions: dict[tuple[str, str], Loaded] = {}
+        self.local_children: dict[str, set[str]] = {}  # parent run -> child runs executing here  # (ref, name) -> loaded and validated once
 
     def listen(self, fn: Listener) -> None:
         self.writer.add_listener(fn)
@@ -119,10 +121,12 @@ class Runtime:
         dry_run: bool = False,
         no_cache: bool = False,
         output_dir: str | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> list[str]:
         """Many runs of one workflow in one transaction (see create_run); a batch's runs carry
         their line numbers in `batch_indices`. `output_dir` (absolute), recorded in the
-        run_created event, is where later commands keep writing the run's event file."""
+        run_created event, is where later commands keep writing the run's event file.
+        `parent`: (run id, key, depth) of a child workflow's parent (ctx.run_workflow)."""
         wf = loaded.workflow
         owner = None if detach else self.owner
         fingerprint = wf.fingerprint()
@@ -134,11 +138,14 @@ class Runtime:
             wf.check_input(run_input)
             input_json = input_text(run_input)
             event = NewEvent("run_created", data={"workflow": wf.name, "input": run_input, **({"dry_run": True} if dry_run else {}),
-                                                  **({"output_dir": output_dir} if output_dir else {})})
+                                                  **({"output_dir": output_dir} if output_dir else {}),
+                                                  **({"parent_run": parent[0], "parent_key": parent[1]} if parent else {})})
             runs.append(NewRun(
                 str(uuid.uuid4()), wf.name, loaded.ref, input_json, steps, event, owner=owner, batch_id=batch_id,
                 batch_index=batch_indices[offset] if batch_indices is not None else None, dry_run=dry_run,
                 no_cache=no_cache, fingerprint=fingerprint, result_step=wf.result_step,
+                parent_run=parent[0] if parent else None, parent_key=parent[1] if parent else None,
+                depth=parent[2] if parent else 0,
             ))
         created = self.store.create_runs(runs, ttl=self.lease_ttl)
         if owner is not None:
@@ -148,7 +155,7 @@ class Runtime:
                     r.id, r.workflow, r.workflow_ref, "pending", json.loads(r.input_json), error=None, created_at=now,
                     started_at=None, finished_at=None, updated_at=now, last_seq=1, owner=owner, lease_expires_at=None,
                     fencing_token=1, dry_run=dry_run, no_cache=no_cache, fingerprint=fingerprint,
-                    result_step=wf.result_step,
+                    result_step=wf.result_step, parent_run=r.parent_run, parent_key=r.parent_key, depth=r.depth,
                 )
                 self._fresh[r.id] = _untouched(row, steps)
         self.writer.dispatch(created)
@@ -190,6 +197,7 @@ class Runtime:
                         self.writer.dispatch([claimed.created])
             if snap is None:
                 snap = await asyncio.to_thread(self.store.snapshot, run_id)
+            await self._adopt_children(snap)
             left_running = any(s.state == "running" for s in snap.steps)
             prior = await asyncio.to_thread(self.store.last_owner, run_id) if left_running else None
             executor = self._executor(snap, fence, loaded, rerun, strict, prior)
@@ -207,6 +215,8 @@ class Runtime:
             if not lost and state not in RUN_FINISHED + ("paused", "waiting"):  # those released in their last commit
                 await asyncio.to_thread(self.store.release, run_id, fence)
         outcome = Outcome(run_id, state, result, final)
+        if state in RUN_FINISHED and final is not None and final.parent_run and final.parent_key:
+            await asyncio.to_thread(self._tell_parent, final, state, result)
         if state in RUN_FINISHED:
             for fn in self.finished:
                 self.writer.after_views(partial(fn, outcome))
@@ -235,6 +245,81 @@ class Runtime:
         finally:
             self.store.release(run_id, fence)
         return snap.run.state
+
+    # -- child workflows (ctx.run_workflow) -------------------------------------------------------
+
+    def start_child(self, parent: RunRow, key: str, loaded: Loaded, run_input: dict[str, Any]) -> str:
+        """The child run a parent's step asks for under `key`: the one it started before (a
+        parent resumed after a crash finds it), else a new one. Called from the step's thread.
+        In a worker the child is left to the workers; otherwise this process executes it."""
+        child = self.store.child_of(parent.id, key)
+        in_worker = self._refill is not None
+        if child is None:
+            if parent.depth + 1 > MAX_CHILD_DEPTH:
+                raise InputError(
+                    f"run {parent.id}: {loaded.workflow.name} would nest {parent.depth + 1} child workflows deep "
+                    f"(at most {MAX_CHILD_DEPTH}): do workflows start each other in a cycle?"
+                )
+            (child_id,) = self.create_runs(loaded, [run_input], detach=in_worker, parent=(parent.id, key, parent.depth + 1))
+        else:
+            child_id = child.id
+            if child.state in RUN_FINISHED:
+                self._tell_parent(child, child.state, None)  # its end was never told (a crash between)
+                return child_id
+        if not in_worker and self._loop is not None:
+            self.local_children.setdefault(parent.id, set()).add(child_id)
+            self._loop.call_soon_threadsafe(lambda: asyncio.create_task(self._execute_child(parent.id, child_id, loaded)))
+        return child_id
+
+    async def _adopt_children(self, snap: RunSnapshot) -> None:
+        """A parent taken up again whose steps wait for child runs: a child that ended without
+        its parent hearing of it (a crash between) is told now; one nobody executes any more is
+        executed here (outside a worker; in one, the workers take it up, as any interrupted run)."""
+        waits = {
+            s.waiting_for["name"] for s in snap.steps
+            if s.state == "waiting" and s.waiting_for and str(s.waiting_for.get("name", "")).startswith("child:")
+        }
+        if not waits:
+            return
+        told = False
+        for child in snap.child_runs:
+            name = f"child:{child.parent_key}"
+            if name not in waits or name in snap.inputs:
+                continue
+            if child.state in RUN_FINISHED:
+                await asyncio.to_thread(self._tell_parent, child, child.state, None)
+                told = True
+            elif self._refill is None:
+                self.local_children.setdefault(snap.run.id, set()).add(child.id)
+                asyncio.create_task(self._execute_child(snap.run.id, child.id, None))
+        if told:
+            snap.inputs.update(await asyncio.to_thread(self.store.inputs, snap.run.id))
+
+    async def _execute_child(self, parent_id: str, child_id: str, loaded: Loaded | None) -> None:
+        try:
+            await self.execute(child_id, loaded)
+        except ConflictError:  # executed elsewhere: its end reaches the parent from there
+            pass
+        except StatepipeError as exc:
+            log.error("child run %s of %s: %s", child_id, parent_id, exc)
+        finally:
+            parent = self.executors.get(parent_id)
+            if parent is not None:  # its outcome is told (stored) by now: the parent reads it first
+                await parent.reload_inputs()
+            self.local_children.get(parent_id, set()).discard(child_id)
+
+    def _tell_parent(self, child: RunRow, state: str, result: Any) -> None:
+        """Deliver a finished child's outcome to its parent's waiting step (waits.send)."""
+        from statepipe.engine.waits import send
+
+        assert child.parent_run is not None and child.parent_key is not None
+        if result is None and state == "succeeded":
+            result = self.store.results([child.id]).get(child.id)
+        outcome = {"run_id": child.id, "workflow": child.workflow, "state": state, "result": result, "error": child.error}
+        try:
+            send(self.store, child.parent_run, f"child:{child.parent_key}", outcome)
+        except (ConflictError, NotFoundError) as exc:  # told before, or the parent is gone or over
+            log.info("child run %s: %s", child.id, exc)
 
     @staticmethod
     def _code_changes(snap: RunSnapshot, wf: Workflow, rerun: RerunPlan | None, strict: bool) -> RerunPlan | None:

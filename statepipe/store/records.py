@@ -162,6 +162,9 @@ class NewRun:
     fingerprint: dict[str, str] = field(default_factory=dict)
     forked_from: str | None = None
     result_step: str | None = None
+    parent_run: str | None = None  # a child workflow's: the run whose step started it
+    parent_key: str | None = None  # and its key there ("step[item]/key")
+    depth: int = 0
 
 
 @dataclass
@@ -252,6 +255,9 @@ class RunRow:
     active_s: float = 0.0  # seconds owners executed it, intervals closed (see `executing_s`)
     resumed_at: datetime | None = None  # start of the interval an owner is executing it in
     wake_at: datetime | None = None  # a waiting run wants an executor again from then
+    parent_run: str | None = None  # a child workflow's parent run (ctx.run_workflow)
+    parent_key: str | None = None
+    depth: int = 0
 
     @property
     def interrupted(self) -> bool:
@@ -318,6 +324,8 @@ class RunRow:
             "dry_run": self.dry_run,
             "forked_from": self.forked_from,
             "batch_id": self.batch_id,
+            "parent_run": self.parent_run,
+            "parent_key": self.parent_key,
             "last_seq": self.last_seq,
         }
 
@@ -401,6 +409,15 @@ class StepRow:
         return None
 
 
+@dataclass
+class Pruned:
+    """What one transaction of Store.prune removed (or, dry, would remove): rows by table, and
+    each run with the output folder its run_created event recorded (None: none recorded)."""
+
+    runs: list[tuple[str, str | None]]
+    rows: dict[str, int]
+
+
 @dataclass(frozen=True)
 class ClaimRequest:
     """What a worker asks of statepipe.claim_runs: up to `limit` runs for `owner`, leased for
@@ -430,6 +447,7 @@ class RunSnapshot:
     run: RunRow
     steps: list[StepRow]
     inputs: dict[str, Any] = field(default_factory=dict)  # values sent to the run, by name
+    child_runs: list[RunRow] = field(default_factory=list)  # runs its steps started (ctx.run_workflow)
     # fan-outs not all of whose children were read (Store.snapshot's `some_children`): how many
     # children each has; its output is then a ListPreview of its first FANOUT_HEAD children's
     widths: dict[str, int] = field(default_factory=dict)

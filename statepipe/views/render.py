@@ -76,19 +76,24 @@ def inspect_json(snap: RunSnapshot, forks: list[str]) -> dict[str, Any]:
         steps.append(step_json(snap, parent))
         steps.extend(step_json(snap, c) for c in snap.children(parent.name))
     steps.extend(step_json(snap, c) for c in snap.compensations())
-    return _inspect_document(snap.run.as_json(snap.result()), steps, forks)
+    return _inspect_document(snap.run.as_json(snap.result()), steps, forks, snap.child_runs)
 
 
 def inspect_streamed(reader: RunReader) -> dict[str, Any]:
     """inspect_json's document, its steps (and a fan-out's outputs) iterators that read the
     store as jsondoc.write_json writes them."""
     return _inspect_document(
-        reader.run.as_json(reader.result()), (step_document(s, reader.output_of(s)) for s in reader.steps()), reader.forks()
+        reader.run.as_json(reader.result()), (step_document(s, reader.output_of(s)) for s in reader.steps()), reader.forks(),
+        reader.child_runs(),
     )
 
 
-def _inspect_document(run: dict[str, Any], steps: Iterable[dict[str, Any]], forks: list[str]) -> dict[str, Any]:
-    return {"run": run, "steps": steps, "forks": forks}
+def _inspect_document(
+    run: dict[str, Any], steps: Iterable[dict[str, Any]], forks: list[str], children: list[RunRow]
+) -> dict[str, Any]:
+    """The one shape of `inspect --json`: `child_runs` are the runs its steps started."""
+    child_runs = [{"id": c.id, "key": c.parent_key, "workflow": c.workflow, "state": c.shown_state} for c in children]
+    return {"run": run, "steps": steps, "forks": forks, "child_runs": child_runs}
 
 
 def _shown(value: Any) -> Any:
@@ -161,6 +166,10 @@ def inspect_view(snap: RunSnapshot, forks: list[str], full: bool = False) -> Ren
         head.add_row("owner", run.owner)
     if run.forked_from:
         head.add_row("forked from", run.forked_from)
+    if run.parent_run:
+        head.add_row("parent", f"{run.parent_run} ({run.parent_key})")
+    for c in snap.child_runs:
+        head.add_row("child", Text.assemble(f"{c.id[:8]} {c.parent_key} ", _state(c.shown_state)))
     if forks:
         head.add_row("forks", ", ".join(forks))
     if run.error:

@@ -124,6 +124,10 @@
   }
 
   // One run changed: update its row in place, or add it when it belongs on this page.
+  // One run changed: its row is redrawn in place, or the table once a frame when runs came or
+  // moved (a batch starting a thousand runs is a few redraws, not a thousand).
+  const dirty = new Set();
+  let whole = false;
   function changed(doc) {
     S.updates++;
     if (S.during) { S.during.set(doc.id, doc); return; }
@@ -131,16 +135,21 @@
     if (!known && S.cursor) return; // an older page: new runs belong to the first one
     S.runs.set(doc.id, doc);
     S.received.set(doc.id, Date.now());
-    const tr = tbody.querySelector(`tr[data-id="${CSS.escape(doc.id)}"]`);
-    if (known && tr && matches(doc) && sort.key === "created_at") {
-      const fresh = row(doc);
+    if (!known || sort.key !== "created_at" || !matches(doc)) whole = true;
+    if (dirty.size === 0) requestAnimationFrame(flush);
+    dirty.add(doc.id);
+  }
+  function flush() {
+    if (whole) render();
+    for (const id of dirty) {
+      const tr = tbody.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+      if (!tr) continue;
+      const fresh = whole ? tr : row(S.runs.get(id));
       fresh.classList.add("flash");
-      tr.replaceWith(fresh);
-    } else {
-      render();
-      const fresh = tbody.querySelector(`tr[data-id="${CSS.escape(doc.id)}"]`);
-      if (fresh) fresh.classList.add("flash");
+      if (fresh !== tr) tr.replaceWith(fresh);
     }
+    dirty.clear();
+    whole = false;
   }
 
   let stream = null;
