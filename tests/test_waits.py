@@ -129,3 +129,17 @@ def test_cancel_of_a_waiting_run_cancels_it(cli):
     doc = _doc(cli, run_id)
     assert doc["run"]["state"] == "cancelled"
     assert _step(doc, "ask")["state"] == "cancelled"
+
+
+def test_the_http_api_delivers_a_value_and_the_servers_worker_continues_the_run(cli, server):
+    import httpx
+
+    run_id = cli("run", WAITER, "--detach").stdout.strip().split()[-1]
+    _wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "waiting")
+    bad = httpx.post(f"{server.url}/api/runs/{run_id}/signals/answer", json={"value": {"ok": "perhaps"}}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["code"] == "input"
+    sent = httpx.post(f"{server.url}/api/runs/{run_id}/signals/answer", json={"value": {"ok": True, "note": "web"}}, timeout=30)
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["waiting"] == ["ask"]
+    _wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "succeeded")
+    assert _doc(cli, run_id)["run"]["result"] == "ok=True note=web"

@@ -510,6 +510,35 @@ async def fork_run(request: Request, run_id: str, body: ForkRun = ForkRun()) -> 
     return _json(await asyncio.to_thread(_run_document, store, new_id), 201, {"Location": f"/api/runs/{new_id}"})
 
 
+class SendInput(Body):
+    """A value for a step waiting in ctx.wait_for(name): checked against its schema."""
+
+    value: Any = None
+
+
+class SentDocument(BaseModel):
+    run_id: str
+    name: str
+    waiting: list[str]
+    note: str
+
+
+@router.post("/runs/{run_id}/signals/{name}", tags=["steering"], summary="Send a value to a step waiting for input: `statepipe send`",
+             response_model=None, responses={200: {"model": SentDocument}, **ERRORS})
+async def send_input(request: Request, run_id: str, name: str, body: SendInput) -> Response:
+    """Delivered once (a second value for the name: 409) and checked against the waiting step's
+    schema (422, nothing kept); a value sent before the step asks is kept for it. The run is
+    then wanted again: the server's worker, or any, continues it."""
+    store = _store(request)
+
+    def send() -> dict[str, Any]:
+        from statepipe.engine.waits import send as deliver
+
+        return deliver(store, store.resolve_run_id(run_id), name, body.value)
+
+    return _json(await asyncio.to_thread(send))
+
+
 # -- its documentation ------------------------------------------------------------------------
 
 
