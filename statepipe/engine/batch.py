@@ -79,7 +79,7 @@ def start_pool(
     from statepipe.views.workers import worker_process  # the process body writes results.jsonl
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)  # fork or spawn: typeshed's BaseContext has no Process
     go = ctx.Event()
     per_process = max(1, -(-concurrency // processes))
     pool = []
@@ -98,7 +98,7 @@ def start_pool(
     return pool, go
 
 
-def drain(pool: list[multiprocessing.Process]) -> None:
+def drain(pool: list[multiprocessing.process.BaseProcess]) -> None:
     for p in pool:
         if p.is_alive() and p.pid is not None:
             os.kill(p.pid, signal.SIGTERM)

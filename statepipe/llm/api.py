@@ -170,7 +170,7 @@ def validate(schema: Schema, value: Any, where: str = "reply") -> Any:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "(root)"
             raise InvalidReply(f"{where}: field '{field}': {err['msg']}") from exc
-    import jsonschema  # type: ignore[import-untyped]  # only dict schemas need it; importing it costs every LLM workflow ~45 ms
+    import jsonschema  # only dict schemas need it; importing it costs every LLM workflow ~45 ms
 
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
     if error is not None:

@@ -1125,7 +1125,7 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
             )
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        conn.execute(schema_sql().encode())  # type: ignore[call-overload]
+        conn.execute(schema_sql().encode())
 
 
 def schema_sql() -> str:
