@@ -182,7 +182,8 @@ class Bus:
         """Runs changed since the last look, read once and handed to every list stream; at most
         every LIST_EVERY_S seconds, so a run streaming tokens does not flood the list."""
         while True:
-            await self.runs_changed.wait()
+            if not self.changed_runs:  # a change noticed while the last ones were read set an event since replaced
+                await self.runs_changed.wait()
             await asyncio.sleep(LIST_EVERY_S)
             ids, self.changed_runs = self.changed_runs, set()
             if not ids or feed.clients <= 0:
