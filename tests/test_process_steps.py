@@ -220,6 +220,27 @@ def test_progress_emit_and_partial_from_a_process_step_arrive_in_order(cli: Any,
     assert attempt.usage["calls"] == 2 and attempt.usage["simulated"]
 
 
+def test_a_process_step_waits_for_input_as_a_thread_step_does(cli: Any, store: Store) -> None:
+    done = cli("run", workflow_path("proc_wait"))
+    assert done.returncode == 0, done.stderr
+    run_id = done.stderr.split()[1]
+    assert store.get_run(run_id).state == "waiting"
+    done = cli("send", run_id, "answer", "-i", "ok=true")
+    assert done.returncode == 0, done.stderr
+    assert [a.state for a in attempts(store, run_id, "ask")] == ["suspended", "succeeded"]
+    assert store.results([run_id])[run_id] == "ok=True"
+
+
+def test_a_process_step_cannot_start_a_child_run_and_says_where_it_can(here: Any, store: Store) -> None:
+    run = here("proc_child")
+    assert run.wait() == "failed"
+    (only,) = attempts(store, run.run_id, "parent")  # not retried: it would fail the same way
+    assert only.error == (
+        "NonRetryable: ctx.run_workflow cannot start a child run from a process step (process=True); "
+        "call it from a step on a thread"
+    )
+
+
 # -- the run's process killed ------------------------------------------------------------------
 
 

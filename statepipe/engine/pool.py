@@ -44,7 +44,7 @@ from statepipe.engine.context import StepContext, StepInterrupted
 from statepipe.engine.outputs import decode, encode
 from statepipe.engine.threads import inbox, settle
 from statepipe.engine.tracebacks import carry, user_traceback, where
-from statepipe.errors import DefinitionError, StepProcessDied, StepTimeout
+from statepipe.errors import DefinitionError, NonRetryable, StepProcessDied, StepTimeout
 from statepipe.store.records import NewEvent
 
 log = logging.getLogger("statepipe.pool")
@@ -218,7 +218,7 @@ class ProcessPool:
             {k: v for k, v in kwargs.items() if k != "ctx" and not (k in defaults and v is defaults[k])},
             "ctx" in kwargs,
             {"run_id": ctx.run_id, "step": ctx.step, "item": ctx.item, "attempt": ctx.attempt, "input": ctx.input,
-             "dry_run": ctx.dry_run, "last_error": ctx.last_error, "feedback": ctx.feedback},
+             "dry_run": ctx.dry_run, "last_error": ctx.last_error, "feedback": ctx.feedback, "_inputs": ctx._inputs},
             dict(os.environ), os.getcwd(),
         )
         worker = await self._acquire()
@@ -350,15 +350,27 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _unpack(blob: bytes | None, name: str, text: str, trace: str | None, at: str | None) -> BaseException:
-    """The step's exception as raised in its process: its own class when it pickles both ways
-    (retry_on and never_retry test classes), else an Exception subclass of the same name."""
+def _unpack(
+    whole: bytes | None, parts: bytes | None, name: str, text: str, trace: str | None, at: str | None,
+) -> BaseException:
+    """The step's exception as raised in its process, of its own class (retry_on, never_retry
+    and the engine's own signals, such as wait_for's, test classes): unpickled whole; or, for a
+    class whose __init__ its args do not fit, made without calling it; else an Exception
+    subclass of the same name with the same message."""
     error: Any = None
-    if blob is not None:
-        try:
-            error = pickle.loads(blob)
-        except Exception:  # noqa: BLE001 - a class the run's process cannot rebuild from its arguments
-            error = None
+    try:
+        if whole is not None:
+            error = pickle.loads(whole)
+    except Exception:  # noqa: BLE001 - rebuilt from its parts below
+        error = None
+    try:
+        if not isinstance(error, BaseException) and parts is not None:
+            cls, args, state = pickle.loads(parts)
+            error = cls.__new__(cls)
+            error.args = args
+            error.__dict__.update(state)
+    except Exception:  # noqa: BLE001 - a class this process cannot import: its name and message remain
+        error = None
     if not isinstance(error, BaseException):
         error = type(name, (Exception,), {})(text)
     carry(error, trace, at)
@@ -410,12 +422,17 @@ class _ProcessContext(StepContext):
     so an attempt killed mid-way keeps what it spent."""
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None], **fields: Any) -> None:
-        super().__init__(_publish=lambda event: send(("event", event.type, event.data)), **fields)
+        super().__init__(_publish=lambda event: send(("event", event.type, event.data)), _spawn=_no_child_runs, **fields)
         self._send = send
 
     def record_usage(self, call: dict[str, Any]) -> None:
         super().record_usage(call)
         self._send(("usage", call))
+
+
+def _no_child_runs(workflow: Any, run_input: dict[str, Any], key: str) -> str:
+    """ctx.run_workflow in a process: a child run is started by the run's process, which this is not."""
+    raise NonRetryable("ctx.run_workflow cannot start a child run from a process step (process=True); call it from a step on a thread")
 
 
 class _Child:
@@ -497,9 +514,12 @@ class _Child:
         return send
 
 
-def _pack(exc: BaseException) -> tuple[bytes | None, str, str]:
-    try:
-        blob: bytes | None = pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - a local class, an unpicklable attribute: its name and message still cross
-        blob = None
-    return blob, type(exc).__name__, str(exc)
+def _pack(exc: BaseException) -> tuple[bytes | None, bytes | None, str, str]:
+    """The exception pickled whole, and as (class, args, attributes): see _unpack."""
+    packed: list[bytes | None] = []
+    for value in (exc, (type(exc), exc.args, vars(exc))):
+        try:
+            packed.append(pickle.dumps(value))
+        except Exception:  # noqa: BLE001 - a local class, an unpicklable attribute: its name and message still cross
+            packed.append(None)
+    return packed[0], packed[1], type(exc).__name__, str(exc)
