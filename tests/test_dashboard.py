@@ -360,3 +360,19 @@ def test_pages_behind_a_token_ask_to_log_in_then_work(browser: Any, dash: Dash) 
     finally:
         context.close()
         guarded.stop()
+
+
+def test_a_step_waiting_for_input_gets_its_value_from_the_run_page(web: Web, cli: CLI, store: Store) -> None:
+    run_id = detach(cli, "waiter")
+    deadline = time.monotonic() + 60
+    while store.get_run(run_id).state != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    page = web.open(f"/runs/{run_id}")
+    page.click('.srow[data-step="ask"]')
+    form = page.locator("#send-input")
+    form.wait_for(timeout=WAIT_MS)
+    form.locator("textarea").fill('{"ok": true, "note": "from the page"}')
+    form.locator("button[type=submit]").click()
+    while store.get_run(run_id).state != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.snapshot(run_id).result() == "ok=True note=from the page"

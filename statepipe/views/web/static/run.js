@@ -497,6 +497,7 @@
     kids.push(h("div", { class: "hint", text: meta.join(" · ") }));
     if (doc.next_attempt_at && doc.state === "waiting") kids.push(h("div", { class: "hint", text: "next attempt at " + SP.time(doc.next_attempt_at) }));
     if (doc.error && doc.state !== "succeeded") kids.push(h("div", { class: "error-box", text: doc.error }));
+    if (doc.waiting_for && doc.state === "waiting") kids.push(inputForm(doc.waiting_for));
     if (doc.feedback) kids.push(h("div", { class: "sub", text: "feedback" }), h("div", { text: doc.feedback }));
     if (doc.overrides) kids.push(h("div", { class: "sub", text: "overrides" }), SP.json(doc.overrides, 1));
     // attempts, each with its streamed text; a retry's attempt may stream before the data says it exists
@@ -606,6 +607,27 @@
     return r;
   }
   for (const b of document.querySelectorAll("#actions button[data-act]")) b.addEventListener("click", () => act(b.dataset.act));
+
+  // a step waiting in ctx.wait_for: the value a person sends (POST /api/runs/{id}/signals/{name})
+  function inputForm(wait) {
+    const props = (wait.schema && wait.schema.properties) || {};
+    const skeleton = Object.fromEntries(Object.keys(props).map((k) => [k, props[k].type === "boolean" ? true : props[k].type === "string" ? "" : null]));
+    const area = h("textarea", { rows: 4, "aria-label": "value for " + wait.name });
+    area.value = JSON.stringify(skeleton, null, 1);
+    const button = h("button", { type: "submit", text: "Send" });
+    const form = h("form", { class: "stack", id: "send-input" },
+      h("div", { class: "sub", text: `waits for input "${wait.name}"` + (wait.deadline ? " until " + SP.time(wait.deadline) : "") }),
+      area, button);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      let value;
+      try { value = JSON.parse(area.value); } catch (e) { SP.toast("not JSON: " + e.message, true); return; }
+      const r = await SP.post(`/api/runs/${encodeURIComponent(RUN)}/signals/${encodeURIComponent(wait.name)}`, { value });
+      if (!r.ok) { SP.toast("send: " + (r.data.error || "HTTP " + r.status), true); return; }
+      SP.toast(r.data.note || "sent");
+    });
+    return form;
+  }
 
   const fb = document.getElementById("feedback");
   const plan = document.getElementById("plan");
