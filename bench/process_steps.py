@@ -11,9 +11,9 @@ forkserver they come from, start during the run) and warm (they are up, as in a 
 run one before). Figures are medians over the rounds: wall time from create_run to the result,
 and CPU time per wall second of the whole round (this process plus its reaped children, which the
 pool's processes are once it closes). Speedup = threads' wall / processes' wall. Results of both
-modes are compared: the branches are seeded, so they must be equal. Then a fan-out of trivial
-children, warm, on threads and in processes: what a process step costs beyond a thread step
-(its round trip through the pipe), so a step is worth a process only when it computes for longer."""
+modes are compared: the branches are seeded, so they must be equal. Then a chain of trivial
+steps, warm, on threads and in processes: what a process step costs beyond a thread step (its
+round trip through the pipe), so a step is worth a process only when it computes for longer."""
 
 from __future__ import annotations
 
@@ -70,22 +70,21 @@ for wf, in_process in ((threads, False), (processes, True)):
     wf.step(name="branch", map_over="seeds", process=in_process)(pi_branch)
     wf.step(name="combine")(combine)
 
-# what a process step costs beyond a thread step: a fan-out of trivial children
-trivial_threads = Workflow("bench_trivial_threads", max_concurrency=64)
-trivial_processes = Workflow("bench_trivial_processes", max_concurrency=64)
+# what a process step costs beyond a thread step: a chain of trivial steps, one at a time (a
+# fan-out would measure how many children a commit carries: on threads all of them finish
+# together, in processes a pool's worth)
+CHAIN = 100
+trivial_threads = Workflow("bench_trivial_threads")
+trivial_processes = Workflow("bench_trivial_processes")
 
 
-def indices(width: int) -> list[int]:
-    return list(range(int(width)))
-
-
-def echo(item: int) -> int:
-    return item
+def link() -> int:
+    return 1
 
 
 for wf, in_process in ((trivial_threads, False), (trivial_processes, True)):
-    wf.step(name="indices")(indices)
-    wf.step(name="echo", map_over="indices", process=in_process)(echo)
+    for n in range(CHAIN):
+        wf.step(name=f"link{n:03d}", after=[f"link{n - 1:03d}"] if n else [], process=in_process)(link)
 
 
 def fresh_database(url: str | None) -> str:
@@ -135,7 +134,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300_000, help="points per branch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=None, help="pool size (default: the CPUs usable)")
-    parser.add_argument("--trivial", type=int, default=200, help="children of the trivial fan-out")
     parser.add_argument("--database-url", default=os.environ.get("STATEPIPE_DATABASE_URL"))
     args = parser.parse_args()
     pool = args.processes or default_size()
@@ -163,14 +161,13 @@ def main() -> None:
             print(f"| {width} | {t:.2f} s | {statistics.median(t_ratios):.2f} | {warm:.2f} s | {cold:.2f} s "
                   f"| {statistics.median(p_ratios):.2f} | x{t / warm:.2f} | x{t / cold:.2f} |", flush=True)
         print()
-        print(f"Trivial children ({args.trivial} of them, warm): time per child")
+        print(f"A chain of {CHAIN} trivial steps (warm): time per step")
         print()
         print("| threads | processes | a process step's extra cost |")
         print("|---:|---:|---:|")
-        run_input = {"width": args.trivial}
-        per_thread = statistics.median(round_of(store, trivial_threads, run_input, pool)[1] for _ in range(args.rounds))
-        per_process = statistics.median(round_of(store, trivial_processes, run_input, pool)[1] for _ in range(args.rounds))
-        per_thread, per_process = per_thread / args.trivial * 1000, per_process / args.trivial * 1000
+        per_thread = statistics.median(round_of(store, trivial_threads, {}, pool)[1] for _ in range(args.rounds))
+        per_process = statistics.median(round_of(store, trivial_processes, {}, pool)[1] for _ in range(args.rounds))
+        per_thread, per_process = per_thread / CHAIN * 1000, per_process / CHAIN * 1000
         print(f"| {per_thread:.2f} ms | {per_process:.2f} ms | {per_process - per_thread:.2f} ms |")
     finally:
         store.pool.close()
