@@ -34,6 +34,7 @@ async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIt
     last, ended = after, None
     feed = await bus.subscribe(run_id) if follow else None
     told_interrupted = False
+    look = True  # read the run row: at the start, and when the stream has been quiet a while
     try:
         while True:
             changed = feed.changed if feed is not None else None
@@ -47,19 +48,23 @@ async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIt
                 if ended is not None and feed is not None and not feed.after(last):
                     break
                 continue
-            run = await asyncio.to_thread(store.get_run, run_id)
-            ended = ended or finished_state(run, last)
-            if ended is not None or feed is None or changed is None:
-                break
-            if run.interrupted and run.last_seq <= last and not told_interrupted:
-                told_interrupted = True
-                yield "interrupted", run.as_json()
-            elif not run.interrupted:
-                told_interrupted = False
+            if feed is None or changed is None:
+                break  # not following: everything there is has been sent
+            if look:  # not per commit: 200 clients of a run would read its row 200 times a commit
+                run = await asyncio.to_thread(store.get_run, run_id)
+                ended = ended or finished_state(run, last)
+                if ended is not None:
+                    break
+                if run.interrupted and run.last_seq <= last and not told_interrupted:
+                    told_interrupted = True
+                    yield "interrupted", run.as_json()
+                elif not run.interrupted:
+                    told_interrupted = False
             try:
                 await asyncio.wait_for(changed.wait(), RECHECK_S)
+                look = False
             except TimeoutError:
-                pass
+                look = True
         yield "end", ended or (await asyncio.to_thread(store.get_run, run_id)).shown_state
     finally:
         if feed is not None:
