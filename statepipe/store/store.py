@@ -902,10 +902,10 @@ class RunReader:
         """The rows of a server-side cursor, a page at a time; several can be open at once."""
         self._cursors += 1
         with self.conn.cursor(name=f"statepipe_reading_{self._cursors}", binary=True) as cur:
-            cur.itersize = self.PAGE
             set_json_loads(_loads, cur)
             cur.execute(query, params)
-            yield from cur
+            while page := cur.fetchmany(self.PAGE):  # iterating the cursor costs a call a row
+                yield from page
 
 
 def _of(table: str, columns: str) -> str:
