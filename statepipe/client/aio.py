@@ -56,6 +56,8 @@ class AsyncClient:
         this event loop, as a task of its own."""
         loaded, run_input = await asyncio.to_thread(self._sync._startable, workflow, input, dry_run)
         engine = await self._engine_()
+        if not isinstance(workflow, str):  # known to this loop's runtime too, for resume and cancel
+            engine.define(loaded)
         run_id = await asyncio.to_thread(engine.create, loaded, run_input, detach=detach, dry_run=dry_run, no_cache=no_cache)
         if not detach:
             engine.execute(run_id, loaded)

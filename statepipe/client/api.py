@@ -1,7 +1,7 @@
 """statepipe from Python: a `Client` starts runs, waits for their results, follows their events,
 and steers and inspects them; a `RunHandle` is one run. The CLI and the HTTP API read through
-the same functions (`inspect_document`, `RunFilter`, client.events), so a document is the same
-wherever it is read.
+the same functions (`RunFilter` and client.runs for `list`, `inspection` for `inspect --json`,
+client.events for `logs`), so a document is the same wherever it is read.
 
 Importing this module is cheap, since `statepipe list` and `inspect` import it: the engine is
 imported when a client first creates, executes or steers a run (client.engine)."""
@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,13 +45,30 @@ CLOSE_S = 30.0  # how long close() waits for interrupted runs to record that the
 # -- the documents the CLI, the HTTP API and the clients share ---------------------------------
 
 
-def inspect_document(store: Store, run_id: str) -> dict[str, Any]:
-    """`statepipe inspect --json`, GET /api/runs/{id} and `inspect()`: the run with its result,
-    every step with its attempts, and its forks. A unique prefix of the id is enough."""
-    from statepipe.views.render import inspect_json
+@contextmanager
+def inspection(store: Store, run_id: str) -> Iterator[dict[str, Any]]:
+    """The document of `statepipe inspect --json` as it is read: its steps (and a fan-out's
+    outputs) are iterators over one consistent read of the store, so the CLI writes a run of
+    100,000 steps without holding it whole. A unique prefix of the id is enough."""
+    from statepipe.views.render import inspect_streamed
 
-    full = store.resolve_run_id(run_id)
-    return inspect_json(store.snapshot(full), store.forks_of(full))
+    with store.reading(store.resolve_run_id(run_id)) as reader:
+        yield inspect_streamed(reader)
+
+
+def inspect_document(store: Store, run_id: str) -> dict[str, Any]:
+    """`inspection`'s document read whole: GET /api/runs/{id} and the clients' `inspect()`."""
+    with inspection(store, run_id) as doc:
+        return _whole(doc)
+
+
+def _whole(value: Any) -> Any:
+    """A document with its iterators read into lists."""
+    if isinstance(value, Iterator):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
 
 
 def output_dir_of(store: Store, run_id: str | None, flag: str | None) -> Path:

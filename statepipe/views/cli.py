@@ -426,16 +426,17 @@ def inspect(
     full: Annotated[bool, typer.Option("--full", help="Do not truncate long values.")] = False,
 ) -> None:
     """Show a run: state, input, result, timings, and every step with its attempts."""
-    from statepipe.views.render import inspect_streamed, inspect_view
+    from statepipe.views.render import inspect_view
 
     store = _store(max_size=1)
     full_id = store.resolve_run_id(run_id)
     if as_json:  # written as it is read: a run of 100,000 children is never in memory whole
+        from statepipe.client.api import inspection
         from statepipe.views.jsondoc import write_json
 
-        with store.reading(full_id) as reader:
+        with inspection(store, full_id) as doc:
             sys.stdout.flush()
-            write_json(inspect_streamed(reader), sys.stdout.buffer.write)
+            write_json(doc, sys.stdout.buffer.write)
         return
     snap = store.snapshot(full_id, preview=not full, some_children=not full)
     out_console().print(inspect_view(snap, store.forks_of(snap.run.id), full))
