@@ -97,6 +97,13 @@ def fresh_database(url: str | None) -> str:
     return psycopg.conninfo.make_conninfo(**params)
 
 
+def machine_busy_s() -> float:
+    """CPU time the whole machine spent on work (steal included), from /proc/stat: what this
+    process did not use of it is other work, which leaves the branches fewer CPUs."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_s() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -138,6 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     pool = args.processes or default_size()
     store = open_store(fresh_database(args.database_url), max_size=8)
+    busy, ours, began = machine_busy_s(), cpu_s(), time.perf_counter()
     print(f"{os.cpu_count()} CPUs ({default_size()} usable), pool of {pool}, {args.samples:,} points per branch, "
           f"median of {args.rounds} rounds; load average before: {os.getloadavg()[0]:.2f}")
     print()
@@ -171,8 +179,10 @@ def main() -> None:
         print(f"| {per_thread:.2f} ms | {per_process:.2f} ms | {per_process - per_thread:.2f} ms |")
     finally:
         store.pool.close()
+    others = (machine_busy_s() - busy) - (cpu_s() - ours)  # the database server's share of the runs is counted here
     print()
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"meanwhile other processes kept {others / (time.perf_counter() - began):.2f} CPUs busy on average; "
+          f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
