@@ -183,7 +183,8 @@ def test_inspect_of_a_wide_run_reads_some_children_and_shows_what_reading_all_sh
     run_id = run_here(store, "wide_doc", width=1200, fail=1150)
     some = store.snapshot(run_id, preview=True, some_children=True)
     assert some.widths == {"child": 1200} and len(some.steps) < 300
-    assert [c.item for c in some.children("child") if c.state != "succeeded"] == ["1150"]
+    # the failed child, far past the first ones (and any its failure left unstarted), is read
+    assert "1150" in [c.item for c in some.children("child") if c.state != "succeeded"]
 
     def shown(snap: Any) -> str:
         console = Console(file=io.StringIO(), width=120, color_system=None)
