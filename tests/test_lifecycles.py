@@ -35,8 +35,8 @@ from statepipe.lifecycles import (
 #   pending --pause--> paused (held before it ever started)
 #   succeeded/failed/cancelled --reopen--> running (resume of a failed run, rerun)
 
-RUN_STATES_DOC = ["pending", "running", "paused", "succeeded", "failed", "cancelled"]
-RUN_EVENTS_DOC = ["start", "pause", "unpause", "succeed", "fail", "cancel", "reopen"]
+RUN_STATES_DOC = ["pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"]
+RUN_EVENTS_DOC = ["start", "pause", "unpause", "await_input", "wake", "succeed", "fail", "cancel", "reopen"]
 
 RUN_TABLE: dict[tuple[str, str], str] = {
     ("pending", "start"): "running",
@@ -48,6 +48,10 @@ RUN_TABLE: dict[tuple[str, str], str] = {
     ("running", "cancel"): "cancelled",
     ("paused", "unpause"): "running",
     ("paused", "cancel"): "cancelled",
+    ("running", "await_input"): "waiting",  # a step waits for a person's input: nobody executes the run
+    ("waiting", "wake"): "running",
+    ("waiting", "pause"): "paused",
+    ("waiting", "cancel"): "cancelled",
     ("succeeded", "reopen"): "running",
     ("failed", "reopen"): "running",
     ("cancelled", "reopen"): "running",
@@ -175,9 +179,9 @@ def test_unknown_event_is_refused_as_illegal():
         step_lifecycle("pending").send("explode")
 
 
-@pytest.mark.parametrize("state", ["done", "RUNNING", "", "waiting"])
+@pytest.mark.parametrize("state", ["done", "RUNNING", "", "interrupted"])
 def test_unknown_run_state_is_refused(state):
-    # "waiting" is a step state, not a run state
+    # "interrupted" is shown, derived from the lease, never stored
     with pytest.raises(IllegalTransition, match="unknown state"):
         run_lifecycle(state)
 
