@@ -38,11 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # fake_openai lives with the tests
 
 import psycopg  # noqa: E402
+from fake_openai import FakeOpenAI, Text  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from fake_openai import FakeOpenAI, Text  # noqa: E402
-from statepipe import Workflow  # noqa: E402
-from statepipe import llm  # noqa: E402
+from statepipe import (
+    Workflow,  # noqa: E402
+    llm,  # noqa: E402
+)
 from statepipe.definition.loader import Loaded  # noqa: E402
 from statepipe.engine.context import StepContext  # noqa: E402
 from statepipe.engine.runtime import Runtime  # noqa: E402

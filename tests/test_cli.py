@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO, error_message, workflow_path
 
 CRASHY = workflow_path("crashy")

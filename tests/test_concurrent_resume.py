@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import psycopg
-
 from conftest import EventReader, error_message, is_event, workflow_path
 
 

@@ -19,7 +19,6 @@ import signal
 from typing import Any
 
 import pytest
-
 from conftest import EventReader, is_event, workflow_path
 
 CRASHY = workflow_path("crashy")

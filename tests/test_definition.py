@@ -11,8 +11,8 @@ import re
 import textwrap
 
 import pytest
-
 from conftest import error_message, workflow_path
+
 from statepipe import Workflow
 from statepipe.errors import DefinitionError, InputError
 

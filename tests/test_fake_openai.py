@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-
 from fake_openai import Cut, Error, FakeOpenAI, Text, ToolCall
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say something"}]

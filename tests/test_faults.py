@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 import random
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO, EventReader, cli_env, error_message, is_event, step_of, workflow_path
+
 from statepipe.errors import EXIT_INTERRUPTED, EXIT_RUN_CANCELLED, EXIT_RUN_FAILED
 from statepipe.store import embedded
 from statepipe.store.database import open_store

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import all_events, run_here, step_of
 from fake_openai import FakeOpenAI, Text
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from conftest import all_events, run_here, step_of, workflow_path
 
 DIAMOND = "iter_diamond"

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import error_message, workflow_path
 
 HOSTILE = workflow_path("hostile")

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import EventReader, error_message, is_event, workflow_path
 from fake_openai import Cut, Error, FakeOpenAI, Text, ToolCall
+
 from statepipe.definition.loader import load
 from statepipe.engine.runtime import Runtime
 from statepipe.llm import configure

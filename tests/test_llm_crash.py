@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import EventReader, is_event, workflow_path
 from fake_openai import FakeOpenAI, Text
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-
-import pytest
 from typing import Any
 
+import pytest
 from conftest import EventReader, is_event, workflow_path
+
 from statepipe.definition.loader import load
 from statepipe.engine.runtime import Runtime
 
@@ -319,6 +319,7 @@ def test_a_finished_run_is_reported_after_the_views_have_its_events_and_never_on
 @pytest.mark.parametrize("rotation", ["removed", "renamed"])
 def test_results_file_rotated_away_while_a_process_writes_it_is_made_again_for_the_next_run(store, tmp_path, rotation):
     from conftest import run_here
+
     from statepipe.engine.runtime import Outcome
     from statepipe.views.jsonl import ResultWriter
 

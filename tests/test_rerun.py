@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import EventReader, all_events, is_event, run_here, step_of, workflow_path
 
 DIAMOND = "iter_diamond"

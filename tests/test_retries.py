@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-
 from conftest import EventReader, is_event, workflow_path
+
 from statepipe.definition.policy import RetryPolicy
 from statepipe.errors import EXIT_RUN_FAILED
 

@@ -9,9 +9,8 @@ import random
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
-
 from conftest import workflow_path
+from httpx_sse import connect_sse
 
 CRASHY = workflow_path("crashy")
 

@@ -198,6 +198,7 @@ def test_a_live_consumer_gets_the_output_as_stored_not_the_object_returned(store
     import asyncio
 
     from conftest import workflow_path
+
     from statepipe.definition.loader import load
     from statepipe.engine.runtime import Runtime
 
@@ -244,6 +245,7 @@ def test_a_finished_run_is_freed_by_reference_counting_without_a_garbage_collect
     import gc
 
     from conftest import workflow_path
+
     from statepipe.definition.loader import load
     from statepipe.engine.executor import RunExecutor, StepState
     from statepipe.engine.runtime import Runtime
@@ -505,6 +507,7 @@ def test_an_error_with_a_nul_character_is_kept_with_the_character_replaced(store
 
 def test_a_run_input_with_a_nul_character_is_refused_before_anything_is_stored(store):
     from conftest import workflow_path
+
     from statepipe.definition.loader import load
     from statepipe.engine.runtime import Runtime
     from statepipe.errors import InputError
@@ -561,6 +564,7 @@ def database_in(server_url: str) -> Iterator[Any]:
 @pytest.mark.parametrize("given", [{}, {"text": "naïve ☃ 中文"}], ids=["default", "as-input"])
 def test_a_database_in_sql_ascii_stores_and_returns_text_beyond_ascii(database_in, given):
     from conftest import run_here
+
     from statepipe.store.database import open_store
 
     text = given.get("text", "café, 中文, ☃")

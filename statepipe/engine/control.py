@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
-from statepipe.processes import owner_is_dead
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import ConflictError
 from statepipe.lifecycles import RUN_FINISHED, run_lifecycle
+from statepipe.processes import owner_is_dead
 from statepipe.store.records import Change, NewEvent, RunRow, RunWrite, utcnow
 from statepipe.store.store import EVENTS_CHANNEL, Store, wait_for_events
 

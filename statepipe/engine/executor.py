@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import deque
 import inspect
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta

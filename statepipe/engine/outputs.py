@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
-from enum import Enum
 from collections.abc import Callable
+from enum import Enum
 from itertools import islice
 from typing import Any
 from uuid import UUID

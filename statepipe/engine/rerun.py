@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statepipe.definition.workflow import Workflow
-from statepipe.errors import InputError
 from statepipe.engine.outputs import input_text
+from statepipe.errors import InputError
 from statepipe.inputs import json_or_text
 from statepipe.store.records import RunSnapshot, StepRow
 

@@ -27,8 +27,6 @@ from statepipe.engine.outputs import input_text
 from statepipe.engine.pool import ProcessPool
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.writer import Listener, Writer
-from statepipe.lifecycles import RUN_FINISHED
-from statepipe.processes import new_owner_id, owner_is_dead
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
@@ -37,6 +35,8 @@ from statepipe.errors import (
     NotFoundError,
     StatepipeError,
 )
+from statepipe.lifecycles import RUN_FINISHED
+from statepipe.processes import new_owner_id, owner_is_dead
 from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent, NewRun, NewStepRow, RunRow, RunSnapshot, StepRow, utcnow
 from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store, first_line
 

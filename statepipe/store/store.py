@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
 from statepipe.errors import ConfigError, ConflictError, DatabaseUnavailable, LeaseLost, NotFoundError
+from statepipe.store import storable
 from statepipe.store.records import (
     FANOUT_HEAD,
     AttemptRow,
@@ -44,7 +45,6 @@ from statepipe.store.records import (
     json_text,
     result_of,
 )
-from statepipe.store import storable
 
 SCHEMA_VERSION = 8
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own

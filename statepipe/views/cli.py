@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 
 from statepipe import config
-from statepipe.inputs import json_object, json_or_text, read_text
 from statepipe.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUN_CANCELLED,
@@ -26,6 +25,7 @@ from statepipe.errors import (
     InputError,
     StatepipeError,
 )
+from statepipe.inputs import json_object, json_or_text, read_text
 
 app = typer.Typer(
     name="statepipe",

@@ -9,8 +9,8 @@ import json
 import os
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from statepipe.client.events import TERMINAL_EVENTS

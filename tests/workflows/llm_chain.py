@@ -4,8 +4,7 @@ Used by the crash test (kill -9 while `draft` streams, then resume) and the --dr
 
 from pydantic import BaseModel
 
-from statepipe import RetryPolicy, Workflow
-from statepipe import llm
+from statepipe import RetryPolicy, Workflow, llm
 
 FAST = RetryPolicy(max_attempts=3, initial_interval=0.05)
 

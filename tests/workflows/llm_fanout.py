@@ -1,7 +1,6 @@
 """A fan-out of LLM calls, one per item, all on the same model (its limits apply to them all)."""
 
-from statepipe import Workflow
-from statepipe import llm
+from statepipe import Workflow, llm
 
 wf = Workflow("llm_fanout", max_concurrency=32)
 

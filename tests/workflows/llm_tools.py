@@ -1,7 +1,6 @@
 """A step making one chat turn with a tool the model may call."""
 
-from statepipe import Workflow
-from statepipe import llm
+from statepipe import Workflow, llm
 
 wf = Workflow("llm_tools", models=["fake-model"])
 
