@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from statepipe.errors import ConflictError
 from statepipe.store.database import SingleConnection
 from statepipe.store.records import AttemptWrite, Change, ClaimRequest, NewEvent, NewRun, NewStepRow, StepRowWrite, utcnow
 from statepipe.store.store import Store
@@ -648,3 +649,17 @@ def test_results_of_many_runs_are_each_runs_result_sinks_fan_outs_and_chosen_ste
     results = store.results(ids)
     assert results[ids[0]] == {"double": [2, 4, 6], "count": 3}
     assert results == {run_id: store.snapshot(run_id).result() for run_id in ids}
+
+
+def test_a_commit_after_a_refused_value_still_finds_its_prepared_statement(store):
+    """A value refused inside its transaction (a second for one name) rolls that transaction
+    back on the connection commits use; psycopg then deallocates every prepared statement of
+    the connection, the engine's own named ones included: the next commit prepares its own again."""
+    (run_id,) = _runs(store, 1, 1)
+    assert store.commit([Change(run_id, 1, [NewEvent("progress", data={"message": "before"})])])
+    store.send_input(run_id, "x", "1", NewEvent("input_sent", data={"name": "x"}))
+    with pytest.raises(ConflictError):
+        store.send_input(run_id, "x", "2", NewEvent("input_sent", data={"name": "x"}))
+    store.get_run(run_id)  # any statement: psycopg's deallocation rides with it
+    ((event,),) = store.commit([Change(run_id, 1, [NewEvent("progress", data={"message": "after"})])])
+    assert event.data == {"message": "after"}

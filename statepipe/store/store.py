@@ -377,7 +377,7 @@ class Store:
                 at = sent[0].isoformat(timespec="seconds") if sent else "earlier"
                 raise ConflictError(f"run {run_id} already has a value for {name!r} (sent {at}); each name takes one")
             conn.execute("UPDATE statepipe.runs SET wake_at = now() WHERE id = %s AND state = 'waiting'", (run_id,))
-            (seq,), _ = self._commit_changes(conn, [Change(run_id, int(fence), [event])], [[0]])
+            (seq,), _ = self._commit_changes(conn, [Change(run_id, int(fence), [event])], [[0]], prepare=False)
             conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"{run_id}:input"))
             if state == "waiting":
                 conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, run_id))
@@ -466,7 +466,7 @@ class Store:
                     (run.id, source, list(keep)),
                 )
             # outside the pipeline: the commit is sent and answered on its own (see _execute)
-            (seq,), _ = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]])
+            (seq,), _ = self._commit_changes(conn, [Change(run.id, 1, [run.event])], [[0]], prepare=False)
         return _event(run.id, seq, run.event)
 
     def child_of(self, parent_run: str, key: str) -> RunRow | None:
@@ -665,26 +665,21 @@ class Store:
         lease_s: float = 0.0,
         meanwhile: Callable[[], None] | None = None,
         claims: Sequence[ClaimRequest] = (),
+        prepare: bool = True,
     ) -> tuple[list[int], list[list[Claim]]]:
         """Send a batch (and the runs it creates) to statepipe.commit_changes as one JSON
         document, big values as parameters of their own, then each claim to statepipe.claim_runs;
-        returns each run's last seq, in the order of `by_run`, and each claim's runs."""
-        encoding = conn.info.encoding
-        sends: list[Callable[[PGconn], None]] = []
+        returns each run's last seq, in the order of `by_run`, and each claim's runs.
+
+        `prepare`: as the named statements of _STATEMENTS, prepared once per connection. psycopg
+        deallocates every prepared statement of a connection after a ROLLBACK on it (its own
+        cache's rule), ours included: a statement found missing is prepared again and the batch
+        sent once more (nothing of it ran). Inside a caller's transaction that cannot be
+        retried, so such callers pass prepare=False."""
         commits = 1 if changes or created else 0
-        if commits:
-            doc, big = _document(changes, by_run, created, lease_s)
-            if big:
-                query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
-                    sql.SQL(", ").join(sql.SQL(f"${i}::jsonb") for i in range(2, len(big) + 2))
-                ).as_bytes(conn)
-                params = [v.encode(encoding) for v in (doc, *big)]
-                sends.append(lambda pg: pg.send_query_params(query, params))
-            else:
-                sends.append(_prepared(conn, _COMMIT, doc.encode(encoding)))
-        sends += [_prepared(conn, _CLAIM, _claim_document(r).encode(encoding)) for r in claims]
+        doc, big = _document(changes, by_run, created, lease_s) if commits else ("", [])
         try:
-            answers = _execute(conn, sends, meanwhile)
+            answers = self._send_commit(conn, commits, doc, big, claims, meanwhile, prepare)
         except psycopg.DatabaseError as exc:
             if exc.sqlstate == LEASE_LOST_SQLSTATE:  # psycopg has no class for our own SQLSTATE
                 lost = str(exc.diag.message_primary or "").rsplit(" ", 1)[-1]
@@ -696,6 +691,33 @@ class Store:
             raise
         lasts = _lasts(answers[0]) if commits else []
         return lasts, [[_claim(row) for row in json.loads(a.get_value(0, 0) or b"[]")] for a in answers[commits:]]
+
+    @staticmethod
+    def _send_commit(
+        conn: psycopg.Connection[Any], commits: int, doc: str, big: list[str], claims: Sequence[ClaimRequest],
+        meanwhile: Callable[[], None] | None, prepare: bool,
+    ) -> list[PGresult]:
+        encoding = conn.info.encoding
+        for again in (False, True):
+            sends: list[Callable[[PGconn], None]] = []
+            if commits:
+                if big:
+                    query = sql.SQL("SELECT statepipe.commit_changes($1::jsonb, VARIADIC ARRAY[{}])").format(
+                        sql.SQL(", ").join(sql.SQL(f"${i}::jsonb") for i in range(2, len(big) + 2))
+                    ).as_bytes(conn)
+                    sends.append(_with_params(query, [v.encode(encoding) for v in (doc, *big)]))
+                elif not prepare:
+                    sends.append(_with_params(_STATEMENTS[_COMMIT], [doc.encode(encoding)]))
+                else:
+                    sends.append(_prepared(conn, _COMMIT, doc.encode(encoding)))
+            sends += [_prepared(conn, _CLAIM, _claim_document(r).encode(encoding)) for r in claims]
+            try:
+                return _execute(conn, sends, None if again else meanwhile)
+            except psycopg.errors.InvalidSqlStatementName:
+                if again or not prepare:
+                    raise
+                _PREPARED.pop(conn, None)  # deallocated with psycopg's: prepared again on the retry
+        raise AssertionError("unreachable: the second try returns or raises")
 
     # -- events -----------------------------------------------------------------------------
 
@@ -1002,6 +1024,11 @@ def _run_row(conn: psycopg.Connection[Any], run_id: str) -> RunRow:
     if row is None:
         raise NotFoundError(f"no run {run_id}")
     return RunRow(**row)
+
+
+def _with_params(query: bytes, params: list[bytes]) -> Callable[[PGconn], None]:
+    """What sends a statement with its parameters, unprepared."""
+    return lambda pg: pg.send_query_params(query, params)
 
 
 def _prepared(conn: psycopg.Connection[Any], name: bytes, param: bytes) -> Callable[[PGconn], None]:
