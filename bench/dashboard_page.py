@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchdb  # bench/benchdb.py: the scripts run from this folder
 import httpx
-import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "statepipe_bench_dashboard"
@@ -49,21 +47,11 @@ TIMING = """() => {
 
 
 def _database(url: str | None) -> str:
-    from statepipe.store.database import resolve_url
-
-    admin = resolve_url(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = BENCH_DB
-    return psycopg.conninfo.make_conninfo(**params)
+    return benchdb.fresh_database(url, BENCH_DB)
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return benchdb.free_port()
 
 
 def _run(env: dict[str, str], items: int, detach: bool, pause: float = 0.0) -> str:

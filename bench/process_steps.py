@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
+import benchdb  # bench/benchdb.py: the scripts run from this folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +37,7 @@ from statepipe import Workflow
 from statepipe.definition.loader import Loaded
 from statepipe.engine.pool import default_size
 from statepipe.engine.runtime import Runtime
-from statepipe.store.database import open_store, resolve_url
+from statepipe.store.database import open_store
 
 BENCH_DB = "statepipe_bench_processes"
 
@@ -88,13 +87,7 @@ for wf, in_process in ((trivial_threads, False), (trivial_processes, True)):
 
 
 def fresh_database(url: str | None) -> str:
-    admin = resolve_url(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = BENCH_DB
-    return psycopg.conninfo.make_conninfo(**params)
+    return benchdb.fresh_database(url, BENCH_DB)
 
 
 def machine_busy_s() -> float:

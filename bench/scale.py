@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import benchdb  # bench/benchdb.py: the scripts run from this folder
 import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,19 +29,13 @@ sys.path.insert(0, str(ROOT))
 from statepipe import Workflow  # noqa: E402
 from statepipe.definition.loader import Loaded  # noqa: E402
 from statepipe.engine.runtime import Runtime  # noqa: E402
-from statepipe.store.database import open_store, resolve_url  # noqa: E402
+from statepipe.store.database import open_store  # noqa: E402
 
 BENCH_DB = "statepipe_bench_scale"
 
 
 def fresh_database(url: str | None) -> str:
-    admin = resolve_url(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = BENCH_DB
-    return psycopg.conninfo.make_conninfo(**params)
+    return benchdb.fresh_database(url, BENCH_DB)
 
 
 def rss_mb() -> float:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,10 +25,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import benchdb  # bench/benchdb.py: the scripts run from this folder
 import httpx
-import psycopg
 from httpx_sse import aconnect_sse
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "statepipe_bench_serve"
@@ -37,21 +35,11 @@ TICKER = ROOT / "bench" / "workflows" / "ticker.py"
 
 
 def _database(url: str | None) -> str:
-    from statepipe.store.database import resolve_url
-
-    admin = resolve_url(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = BENCH_DB
-    return psycopg.conninfo.make_conninfo(**params)
+    return benchdb.fresh_database(url, BENCH_DB)
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return benchdb.free_port()
 
 
 async def _follow(client: httpx.AsyncClient, url: str, ready: asyncio.Event, lags: list[float]) -> None:
