@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from typing import Any
 
 from conftest import TEST_WORKFLOWS, workflow_path
+from test_faults import wait_for
 
 PARENT = workflow_path("parent")
 ENV = {"STATEPIPE_WORKFLOWS_PATH": str(TEST_WORKFLOWS)}  # children are found by name
@@ -17,16 +17,6 @@ ENV = {"STATEPIPE_WORKFLOWS_PATH": str(TEST_WORKFLOWS)}  # children are found by
 
 def _doc(cli: Any, run_id: str) -> dict[str, Any]:
     return cli.json("inspect", run_id, "--json")
-
-
-def _wait_for(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_step_runs_child_workflows_and_gets_their_results_linked_both_ways(cli):
@@ -56,7 +46,7 @@ def test_a_failed_child_fails_its_parents_step_naming_the_child(cli):
 def test_a_parent_killed_while_its_child_runs_resumes_with_the_same_child(cli, spawn):
     proc = spawn("run", PARENT, "-i", "pause=1.5", **ENV)
     run_id = json.loads(proc.stdout.readline())["run_id"]  # type: ignore[union-attr]
-    _wait_for(lambda: _doc(cli, run_id)["child_runs"])
+    wait_for(lambda: _doc(cli, run_id)["child_runs"], 60, "a child run to exist", 0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = cli("resume", run_id, **ENV)
@@ -79,7 +69,7 @@ def test_a_detached_parent_and_its_children_run_on_workers(cli):
 def test_cancelling_a_parent_cancels_its_live_children(cli, spawn):
     proc = spawn("run", PARENT, "-i", "pause=30", **ENV)
     run_id = json.loads(proc.stdout.readline())["run_id"]  # type: ignore[union-attr]
-    _wait_for(lambda: _doc(cli, run_id)["child_runs"])
+    wait_for(lambda: _doc(cli, run_id)["child_runs"], 60, "a child run to exist", 0.2)
     done = cli("cancel", run_id, **ENV)
     assert done.returncode == 0, done.stderr
     proc.wait(timeout=60)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import REPO, cli_env, workflow_path
+from test_faults import wait_for
 
 QUIET = workflow_path("quiet")
 FAILING = workflow_path("failing")
@@ -26,16 +27,6 @@ def _started(proc: subprocess.Popen[str]) -> str:
     """The run id from the first JSON line of a piped `run`."""
     assert proc.stdout is not None
     return str(json.loads(proc.stdout.readline())["run_id"])
-
-
-def _wait_for(predicate: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _running(cli: Any, run_id: str, step: str) -> bool:
@@ -49,7 +40,7 @@ def _running(cli: Any, run_id: str, step: str) -> bool:
 def test_a_killed_run_shows_as_interrupted_with_the_command_that_resumes_it(cli, spawn):
     proc = spawn("run", QUIET, "-i", "seconds=30")
     run_id = _started(proc)
-    _wait_for(lambda: _running(cli, run_id, "silent"))
+    wait_for(lambda: _running(cli, run_id, "silent"), 60, "the step to run", 0.2)
     proc.kill()
     proc.wait()
     doc = cli.json("inspect", run_id, "--json")["run"]
@@ -65,7 +56,7 @@ def test_a_killed_run_shows_as_interrupted_with_the_command_that_resumes_it(cli,
 def test_a_run_stopped_with_ctrl_c_shows_as_interrupted_and_resumes_to_success(cli, spawn):
     proc = spawn("run", QUIET, "-i", "seconds=1", "--grace", "0")
     run_id = _started(proc)
-    _wait_for(lambda: _running(cli, run_id, "silent"))
+    wait_for(lambda: _running(cli, run_id, "silent"), 60, "the step to run", 0.2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     assert cli.json("inspect", run_id, "--json")["run"]["state"] == "interrupted"
@@ -77,7 +68,7 @@ def test_a_run_stopped_with_ctrl_c_shows_as_interrupted_and_resumes_to_success(c
 def test_logs_follow_on_an_interrupted_run_prints_what_there_is_says_so_and_exits_130(cli, spawn):
     proc = spawn("run", QUIET, "-i", "seconds=30")
     run_id = _started(proc)
-    _wait_for(lambda: _running(cli, run_id, "silent"))
+    wait_for(lambda: _running(cli, run_id, "silent"), 60, "the step to run", 0.2)
     proc.kill()
     proc.wait()
     done = cli("logs", run_id, "--follow", timeout=30)
@@ -90,7 +81,7 @@ def test_logs_follow_on_an_interrupted_run_prints_what_there_is_says_so_and_exit
 def test_logs_follow_wait_keeps_following_an_interrupted_run_until_it_ends(cli, spawn):
     proc = spawn("run", QUIET, "-i", "seconds=30")
     run_id = _started(proc)
-    _wait_for(lambda: _running(cli, run_id, "silent"))
+    wait_for(lambda: _running(cli, run_id, "silent"), 60, "the step to run", 0.2)
     proc.kill()
     proc.wait()
     follower = spawn("logs", run_id, "--follow", "--wait")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import error_message, workflow_path
+from test_faults import wait_for
 
 WAITER = workflow_path("waiter")
 
@@ -21,16 +22,6 @@ def _doc(cli: Any, run_id: str) -> dict[str, Any]:
 
 def _step(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in doc["steps"] if s["name"] == name)
-
-
-def _wait_for(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_step_waiting_for_input_leaves_the_run_waiting_with_no_owner_and_says_how_to_answer(cli):
@@ -94,13 +85,13 @@ def test_a_waiting_run_survives_a_killed_worker_and_a_new_worker_completes_it_af
     log = tmp_path / "ran.log"
     run_id = cli("run", WAITER, "--detach", "-i", f"log={log}").stdout.strip().split()[-1]
     worker = spawn("worker")
-    _wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "waiting")
+    wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "waiting", 60, "the run to reach that state", 0.2)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     assert _doc(cli, run_id)["run"]["state"] == "waiting"  # nothing held it: nothing was lost
     assert cli("send", run_id, "answer", "-i", "ok=true", "--detach").returncode == 0
     again = spawn("worker")
-    _wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "succeeded")
+    wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "succeeded", 60, "the run to reach that state", 0.2)
     again.send_signal(signal.SIGTERM)
     again.wait(timeout=30)
     doc = _doc(cli, run_id)
@@ -135,11 +126,11 @@ def test_the_http_api_delivers_a_value_and_the_servers_worker_continues_the_run(
     import httpx
 
     run_id = cli("run", WAITER, "--detach").stdout.strip().split()[-1]
-    _wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "waiting")
+    wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "waiting", 60, "the run to reach that state", 0.2)
     bad = httpx.post(f"{server.url}/api/runs/{run_id}/signals/answer", json={"value": {"ok": "perhaps"}}, timeout=30)
     assert bad.status_code == 422 and bad.json()["code"] == "input"
     sent = httpx.post(f"{server.url}/api/runs/{run_id}/signals/answer", json={"value": {"ok": True, "note": "web"}}, timeout=30)
     assert sent.status_code == 200, sent.text
     assert sent.json()["waiting"] == ["ask"]
-    _wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "succeeded")
+    wait_for(lambda: _doc(cli, run_id)["run"]["state"] == "succeeded", 60, "the run to reach that state", 0.2)
     assert _doc(cli, run_id)["run"]["result"] == "ok=True note=web"

@@ -101,11 +101,15 @@ class Follow:
         while True:
             batch = self.store.events_after(self.run_id, self.last, PAGE)
             if batch:
-                self.last = batch[-1].seq
-                self.ended = ending(batch, self.ended)
-                yield batch
+                yield self._took(batch)
             if len(batch) < PAGE:
                 return
+
+    def _took(self, batch: list[Event]) -> list[Event]:
+        """A page read: where the next one starts, and whether the run ended in it."""
+        self.last = batch[-1].seq
+        self.ended = ending(batch, self.ended)
+        return batch
 
 
 def _quiet_s(deadline: float | None) -> float:
@@ -149,9 +153,7 @@ class AsyncFollow(Follow):
         while True:
             batch = await asyncio.to_thread(self.store.events_after, self.run_id, self.last, PAGE)
             if batch:
-                self.last = batch[-1].seq
-                self.ended = ending(batch, self.ended)
-                yield batch
+                yield self._took(batch)
             if len(batch) < PAGE:
                 return
 
