@@ -1,4 +1,4 @@
--- statepipe schema, version 8.
+-- statepipe schema, version 9.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -116,6 +116,25 @@ ALTER TABLE statepipe.runs ADD COLUMN IF NOT EXISTS depth integer NOT NULL DEFAU
 CREATE UNIQUE INDEX IF NOT EXISTS runs_parent_idx ON statepipe.runs (parent_run, parent_key)
     WHERE parent_run IS NOT NULL;
 
+-- v9: distributed fan-outs (map_over steps with distribute=True): their children are claimed by any
+-- worker, as runs are. The parent row holds how many of its children may run at once, across
+-- all workers (`distribute`); a child holds its claim (`claimed_by`, its lease, and `claim_fence`,
+-- which grows with every claim so a worker that lost its claim cannot commit). An attempt records
+-- which process ran it (`worker`, an owner id).
+ALTER TABLE statepipe.steps ADD COLUMN IF NOT EXISTS distribute integer;
+ALTER TABLE statepipe.steps ADD COLUMN IF NOT EXISTS claim_fence bigint;
+ALTER TABLE statepipe.steps ADD COLUMN IF NOT EXISTS claimed_by text;
+ALTER TABLE statepipe.steps ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz;
+ALTER TABLE statepipe.attempts ADD COLUMN IF NOT EXISTS worker text;
+-- what claim_children scans: the running distributed fan-outs, their children still to run,
+-- and the children held now (a fan-out's global limit counts those)
+CREATE INDEX IF NOT EXISTS steps_distributing_idx ON statepipe.steps (run_id, name)
+    WHERE distribute IS NOT NULL AND item = '' AND state = 'running';
+CREATE INDEX IF NOT EXISTS steps_claimable_idx ON statepipe.steps (run_id, name, item_index)
+    WHERE claim_fence IS NOT NULL AND state IN ('pending', 'waiting', 'running');
+CREATE INDEX IF NOT EXISTS steps_claimed_idx ON statepipe.steps (run_id, name)
+    WHERE claim_fence IS NOT NULL AND claimed_by IS NOT NULL;
+
 CREATE INDEX IF NOT EXISTS attempts_cache_idx ON statepipe.attempts (cache_key, finished_at DESC)
     WHERE cache_key IS NOT NULL AND state = 'succeeded';
 CREATE INDEX IF NOT EXISTS runs_forked_from_idx ON statepipe.runs (forked_from) WHERE forked_from IS NOT NULL;
@@ -176,6 +195,9 @@ DECLARE
     lasts bigint[] := '{}';
     v_id text;
     w jsonb;
+    n_held integer;
+    released boolean;
+    ids_held text[];
 BEGIN
     IF p ? 'new_runs' THEN
         INSERT INTO statepipe.runs (id, workflow, workflow_ref, state, input, owner, lease_expires_at, fencing_token,
@@ -196,7 +218,7 @@ BEGIN
     IF jsonb_array_length(p->'runs') = 1 THEN  -- the common case: one run, one index lookup
         w := p->'runs'->0;
         UPDATE statepipe.runs SET last_seq = last_seq + (w->>'n')::integer, updated_at = now()
-         WHERE id = w->>'id' AND fencing_token = (w->>'fence')::bigint
+         WHERE id = w->>'id' AND (w->>'fence' IS NULL OR fencing_token = (w->>'fence')::bigint)
         RETURNING ARRAY[id], ARRAY[(w->>'n')::integer], ARRAY[last_seq] INTO ids, counts, lasts;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'lease lost on run %', w->>'id' USING ERRCODE = 'SP001';
@@ -206,7 +228,7 @@ BEGIN
             UPDATE statepipe.runs r SET last_seq = r.last_seq + x.n, updated_at = now()
               FROM ROWS FROM (jsonb_to_recordset(p->'runs') AS (id text, fence bigint, n integer))
                    WITH ORDINALITY AS x(id, fence, n, ord)
-             WHERE r.id = x.id AND r.fencing_token = x.fence
+             WHERE r.id = x.id AND (x.fence IS NULL OR r.fencing_token = x.fence)
             RETURNING x.ord, r.id, x.n, r.last_seq)
         SELECT coalesce(array_agg(b.id ORDER BY b.ord), '{}'), coalesce(array_agg(b.n ORDER BY b.ord), '{}'),
                coalesce(array_agg(b.last_seq ORDER BY b.ord), '{}')
@@ -214,6 +236,36 @@ BEGIN
         IF cardinality(ids) < jsonb_array_length(p->'runs') THEN
             SELECT x.id INTO v_id FROM jsonb_to_recordset(p->'runs') AS x(id text) WHERE x.id <> ALL (ids) LIMIT 1;
             RAISE EXCEPTION 'lease lost on run %', v_id USING ERRCODE = 'SP001';
+        END IF;
+    END IF;
+    -- v9: a claimed fan-out child's changes (fence null: not the run's owner) are fenced by their
+    -- claims instead; `release` ends the claim (the attempt is over); `start` (an attempt begins)
+    -- also needs the run still running with no request pending (a cancel or pause stops the
+    -- children not yet started). The run's owner is told (store.CONTROL_CHANNEL), and the
+    -- workers, since a claim let go frees a place.
+    IF p ? 'claims' THEN
+        WITH held AS (
+            UPDATE statepipe.steps s
+               SET claimed_by = CASE WHEN c.release THEN NULL ELSE s.claimed_by END,
+                   lease_expires_at = CASE WHEN c.release THEN NULL ELSE s.lease_expires_at END
+              FROM jsonb_to_recordset(p->'claims')
+                   AS c(run_id text, name text, item text, fence bigint, release boolean, start boolean)
+             WHERE s.run_id = c.run_id AND s.name = c.name AND s.item = c.item AND s.claim_fence = c.fence
+               AND (NOT c.start OR EXISTS (SELECT 1 FROM statepipe.runs r WHERE r.id = c.run_id
+                                            AND r.state = 'running' AND r.requested IS NULL))
+            RETURNING s.run_id, s.name, s.item, c.release)
+        SELECT count(*), coalesce(bool_or(release), false), array_agg(DISTINCT run_id),
+               coalesce(jsonb_agg(jsonb_build_array(run_id, name, item)), '[]')
+          INTO n_held, released, ids_held, w FROM held;
+        IF n_held < jsonb_array_length(p->'claims') THEN
+            SELECT jsonb_build_array(c.run_id, c.name, c.item)::text INTO v_id
+              FROM jsonb_to_recordset(p->'claims') AS c(run_id text, name text, item text)
+             WHERE NOT w @> jsonb_build_array(jsonb_build_array(c.run_id, c.name, c.item)) LIMIT 1;
+            RAISE EXCEPTION 'claim lost: %', v_id USING ERRCODE = 'SP002';  -- store.CLAIM_LOST_SQLSTATE
+        END IF;
+        PERFORM pg_notify('statepipe_control', t.id || ':children') FROM unnest(ids_held) AS t(id);
+        IF released THEN
+            PERFORM pg_notify('statepipe_runnable', '');
         END IF;
     END IF;
     -- v6: one channel for every run ("<run id>:<last seq>"), so a server's one LISTEN serves all
@@ -250,31 +302,37 @@ BEGIN
         END LOOP;
     END IF;
     IF p ? 'new_steps' THEN
-        INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on)
-        SELECT n.run_id, n.name, n.item, n.position, n.item_index, n.fanout, n.compensates, n.state, n.depends_on
+        INSERT INTO statepipe.steps (run_id, name, item, position, item_index, fanout, compensates, state, depends_on,
+                                     claim_fence)
+        SELECT n.run_id, n.name, n.item, n.position, n.item_index, n.fanout, n.compensates, n.state, n.depends_on,
+               CASE WHEN n.claimable THEN 0 END
           FROM jsonb_to_recordset(p->'new_steps')
                AS n(run_id text, name text, item text, position integer, item_index integer, fanout boolean,
-                    compensates text, state text, depends_on text[]);
+                    compensates text, state text, depends_on text[], claimable boolean);
+        IF jsonb_path_exists(p->'new_steps', '$[*] ? (@.claimable == true)') THEN
+            PERFORM pg_notify('statepipe_runnable', '');  -- children any worker may claim
+        END IF;
     END IF;
     IF p ? 'steps' THEN
         UPDATE statepipe.steps s SET state = u.state, attempt = u.attempt, started_at = u.started_at,
                finished_at = u.finished_at, error = u.error, next_attempt_at = u.next_attempt_at,
-               overrides = u.overrides, feedback = u.feedback, item_index = u.item_index, waiting_for = u.waiting_for
+               overrides = u.overrides, feedback = u.feedback, item_index = u.item_index, waiting_for = u.waiting_for,
+               distribute = u.distribute
           FROM jsonb_to_recordset(p->'steps')
                AS u(run_id text, name text, item text, state text, attempt integer, started_at timestamptz,
                     finished_at timestamptz, error text, next_attempt_at timestamptz, overrides jsonb,
-                    feedback text, item_index integer, waiting_for jsonb)
+                    feedback text, item_index integer, waiting_for jsonb, distribute integer)
          WHERE s.run_id = u.run_id AND s.name = u.name AND s.item = u.item;
     END IF;
     IF p ? 'attempts' THEN
         INSERT INTO statepipe.attempts (run_id, step, item, number, state, started_at, finished_at, error,
-                                        output, usage, cache_key, cached_from, traceback)
+                                        output, usage, cache_key, cached_from, traceback, worker)
         SELECT a.run_id, a.step, a.item, a.number, a.state, a.started_at, a.finished_at, a.error,
-               coalesce(big[a.ob], p->'values'->a.o), p->'values'->a.u, a.cache_key, a.cached_from, a.traceback
+               coalesce(big[a.ob], p->'values'->a.o), p->'values'->a.u, a.cache_key, a.cached_from, a.traceback, a.worker
           FROM jsonb_to_recordset(p->'attempts')
                AS a(run_id text, step text, item text, number integer, state text, started_at timestamptz,
                     finished_at timestamptz, error text, o integer, ob integer, u integer, cache_key text,
-                    cached_from jsonb, traceback text);
+                    cached_from jsonb, traceback text, worker text);
     END IF;
     RETURN lasts;
 END $$;
@@ -325,7 +383,76 @@ BEGIN
     RETURN claimed;
 END $$;
 
+-- v9: a worker's claim of distributed fan-out children (see the v9 columns), as claim_runs is of
+-- runs. `p` holds {owner, lease_s, limit, workflows (null: any), runs (null: any; a `statepipe
+-- run` process helps only its own)}. A child is claimable while its fan-out runs in a running run
+-- nobody asked to stop: pending, waiting for a retry that is due, or held by a claim whose lease
+-- ran out (its worker died: running, the claimer records the attempt abandoned). Each fan-out
+-- is locked while its children are claimed, so its limit holds across workers; a fan-out another
+-- worker is claiming from is passed over. Returns the claimed rows with their run's workflow,
+-- input and dry_run, and their parent's overrides and feedback, as a JSON array.
+CREATE OR REPLACE FUNCTION statepipe.claim_children(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    wanted text[] := CASE WHEN jsonb_typeof(p->'workflows') = 'array'
+                          THEN ARRAY(SELECT jsonb_array_elements_text(p->'workflows')) END;
+    own text[] := CASE WHEN jsonb_typeof(p->'runs') = 'array'
+                       THEN ARRAY(SELECT jsonb_array_elements_text(p->'runs')) END;
+    room integer := (p->>'limit')::integer;
+    f record;
+    held integer;
+    got jsonb;
+    claimed jsonb := '[]';
+BEGIN
+    FOR f IN SELECT s.run_id, s.name, s.attempt, s.distribute, s.overrides, s.feedback, r.workflow, r.workflow_ref,
+                    r.input, r.dry_run
+               FROM statepipe.steps s JOIN statepipe.runs r ON r.id = s.run_id
+              WHERE s.distribute IS NOT NULL AND s.item = '' AND s.state = 'running'
+                AND r.state = 'running' AND r.requested IS NULL
+                AND (wanted IS NULL OR r.workflow = ANY (wanted)) AND (own IS NULL OR r.id = ANY (own))
+              ORDER BY r.created_at FOR UPDATE OF s SKIP LOCKED LOOP
+        EXIT WHEN room <= 0;
+        SELECT count(*) INTO held FROM statepipe.steps c
+         WHERE c.run_id = f.run_id AND c.name = f.name AND c.claim_fence IS NOT NULL AND c.claimed_by IS NOT NULL
+           AND c.lease_expires_at >= now();
+        WITH c AS (
+            SELECT c.run_id, c.name, c.item, c.claimed_by AS prior FROM statepipe.steps c
+             WHERE c.run_id = f.run_id AND c.name = f.name AND c.claim_fence IS NOT NULL
+               AND c.state IN ('pending', 'waiting', 'running') AND c.item_index IS NOT NULL
+               AND (c.state <> 'waiting' OR c.waiting_for IS NULL AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now()))
+               AND (c.claimed_by IS NULL AND c.state <> 'running' OR c.lease_expires_at < now())
+             ORDER BY c.item_index LIMIT greatest(0, least(room, f.distribute - held)) FOR UPDATE SKIP LOCKED
+        ), u AS (
+            UPDATE statepipe.steps s SET claimed_by = p->>'owner', claim_fence = s.claim_fence + 1,
+                   lease_expires_at = now() + make_interval(secs => (p->>'lease_s')::float8)
+              FROM c WHERE s.run_id = c.run_id AND s.name = c.name AND s.item = c.item
+            RETURNING s.run_id, s.name, s.item, s.item_index, s.state, s.attempt, s.error, s.claim_fence, s.started_at,
+                      c.prior
+        )
+        SELECT coalesce(jsonb_agg(to_jsonb(u) || jsonb_build_object(
+                   'workflow', f.workflow, 'workflow_ref', f.workflow_ref, 'input', f.input, 'dry_run', f.dry_run,
+                   'overrides', f.overrides, 'feedback', f.feedback, 'parent_attempt', f.attempt) ORDER BY u.item_index), '[]')
+          INTO got FROM u;
+        claimed := claimed || got;
+        room := room - jsonb_array_length(got);
+    END LOOP;
+    RETURN claimed;
+END $$;
+
+-- v9: a worker keeps its claims of children alive; returns those it still holds, each with its
+-- run's request (cancel, pause_now...: the worker stops that child).
+CREATE OR REPLACE FUNCTION statepipe.renew_claims(p jsonb) RETURNS jsonb LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE statepipe.steps s SET lease_expires_at = now() + make_interval(secs => (p->>'lease_s')::float8)
+          FROM jsonb_to_recordset(p->'claims') AS c(run_id text, name text, item text, fence bigint)
+         WHERE s.run_id = c.run_id AND s.name = c.name AND s.item = c.item AND s.claim_fence = c.fence
+           AND s.claimed_by IS NOT NULL
+        RETURNING s.run_id, s.name, s.item)
+    SELECT coalesce(jsonb_agg(jsonb_build_object('run_id', u.run_id, 'name', u.name, 'item', u.item,
+                                                 'requested', r.requested, 'state', r.state)), '[]')
+      FROM u JOIN statepipe.runs r ON r.id = u.run_id
+$$;
+
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (8) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (9) ON CONFLICT DO NOTHING;

@@ -55,6 +55,17 @@ class UnstorableValue(OutputNotSerializable):
     Unlike a value of the wrong type, a step may produce it by chance (a model's reply): retried."""
 
 
+class ClaimLost(StatepipeError):
+    """Another worker claimed the fan-out child this one held (its lease ran out): this one's
+    attempt is not written."""
+
+    exit_code = 4
+
+    def __init__(self, run_id: str, name: str, item: str) -> None:
+        super().__init__(f"run {run_id}: step {name}[{item}] was claimed by another worker")
+        self.run_id, self.name, self.item = run_id, name, item
+
+
 class LeaseLost(StatepipeError):
     """Another executor took the run over; this one must stop writing."""
 

@@ -55,6 +55,7 @@ class Step:
     version: str = ""  # bump to invalidate caches and mark the step changed without editing code
     model: str | None = None  # the LLM an llm_step calls
     process: bool | None = None  # run in a process of the runtime's pool; None: the workflow's setting
+    distribute: bool = False  # a map_over step whose children any worker may claim (engine/distributed.py)
     params: tuple[Param, ...] = ()
     is_async: bool = False
     # resolved by Workflow.validate()
@@ -190,6 +191,7 @@ class Workflow:
         cache_ttl: float | None = None,
         version: str = "",
         process: bool | None = None,
+        distribute: bool = False,
     ) -> Any:
         """Decorator registering a step. `retries=N` is shorthand for N retries after the first
         attempt with the workflow's backoff; `retry=RetryPolicy(...)` says everything.
@@ -201,7 +203,10 @@ class Workflow:
         `version` match (for `cache_ttl` seconds, or forever). `process=True` runs the step in
         a process of the runtime's pool: CPU-bound steps then run in parallel, and its timeout, a
         cancel or `pause --now` kill the process (a thread cannot be stopped). Its function must
-        be a `def` at the top level of the workflow's file, which the process imports."""
+        be a `def` at the top level of the workflow's file, which the process imports.
+        `distribute=True` (map_over steps) lets any `statepipe worker` on the same database claim
+        the children, `concurrency` then limiting them across all workers (README: "Spreading a
+        fan-out over workers")."""
 
         def register(f: Callable[..., Any]) -> Step:
             step_name = name or f.__name__
@@ -236,6 +241,10 @@ class Workflow:
                 raise DefinitionError(f"{what}: 'item' is only given to map_over steps")
             if concurrency is not None and source is None:
                 raise DefinitionError(f"{what}: concurrency applies to map_over steps only")
+            if distribute and source is None:
+                raise DefinitionError(f"{what}: distribute applies to map_over steps only")
+            if distribute and compensate is not None:
+                raise DefinitionError(f"{what}: a distributed step cannot have a compensation (not supported yet)")
             policy = retry
             if retries is not None:
                 policy = self.retry.with_attempts(retries + 1)
@@ -259,6 +268,7 @@ class Workflow:
                 cache_ttl=cache_ttl,
                 version=version,
                 process=process,
+                distribute=distribute,
                 params=params,
                 is_async=inspect.iscoroutinefunction(f),
             )

@@ -23,20 +23,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
+from statepipe.engine.attempt import DIED, Failure, call, describe_owner, died_in_row, judge, step_kwargs, usage_json
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
-from statepipe.engine.outputs import decode, encode, summarize, summarize_usage
+from statepipe.engine.outputs import decode, encode, summarize
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.threads import ThreadCall
-from statepipe.engine.tracebacks import error_text, user_traceback, where
+from statepipe.engine.tracebacks import error_text
 from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import (
     ConflictError,
     DatabaseUnavailable,
     LeaseLost,
     OutputNotSerializable,
-    StepProcessDied,
     StepTimeout,
-    UnstorableValue,
 )
 from statepipe.lifecycles import RUN_FINISHED, STEP_DONE, STEP_STATES, Lifecycle, run_lifecycle, step_lifecycle
 from statepipe.store.records import (
@@ -51,7 +50,7 @@ from statepipe.store.records import (
     StepRowWrite,
     utcnow,
 )
-from statepipe.store.storable import mended, message_json
+from statepipe.store.storable import mended
 from statepipe.store.store import BIG_VALUE
 
 if TYPE_CHECKING:
@@ -64,8 +63,9 @@ RETRY_REQUEST = "retry"
 PAUSE_REQUESTS = ("pause", "pause_now")
 _UNDECODED = object()  # StepState.decoded before its stored JSON is first read
 _SETTLED = frozenset(STEP_STATES) - {"pending", "waiting", "running"}  # states _schedule starts nothing from
+FOLLOW_S = 0.05  # a distributed fan-out's children are read again at most this often when told of a change
+FOLLOW_POLL_S = 1.0  # ... and this often anyway (a notice can be lost while the database is away)
 ON_THE_SPOT_S = 0.002  # how long a lone run's loop blocks for its sync step before waiting as usual
-DIED = "the process running it died"  # why an attempt found running by a new owner was abandoned
 
 
 @dataclass(eq=False)
@@ -98,6 +98,7 @@ class StepState:
     # how many succeeded (None: to be counted again)
     ready: deque[StepState] | None = None
     done: int | None = None
+    limit: int | None = None  # a distributed fan-out's: its children running at once, across workers
     cache_key: str | None = None  # set on a cacheable step when its attempt starts
     ctx: StepContext | None = None
     call: ThreadCall | None = None  # a plain sync call's thread, while it runs (see _plain_call)
@@ -148,6 +149,7 @@ class StepState:
         return StepRowWrite(
             self.name, self.item, self.state, self.attempt, self.started_at, self.finished_at,
             self.error, self.next_attempt_at, self.overrides, self.feedback, self.item_index, self.waiting_for,
+            self.limit,
         )
 
     def event(self, type_: str, **data: Any) -> NewEvent:
@@ -175,23 +177,38 @@ def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: s
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _died_in_row(row: StepRow) -> int:
-    """How many of the step's latest attempts, in a row, were abandoned because their process died."""
-    count = 0
-    for a in sorted(row.attempts, key=lambda a: a.number, reverse=True):
-        if a.state != "abandoned" or not (a.error or "").startswith(DIED):
-            break
-        count += 1
-    return count
+def record_attempt(
+    st: StepState, change: Change, state: str, worker: str, error: str | None = None, output: str | None = None,
+    cached_from: dict[str, Any] | None = None, trace: str | None = None,
+) -> dict[str, Any] | None:
+    """An attempt is written once, when it ends; while it runs the step row tells of it.
+    Returns the attempt's LLM usage, added up (None when it made no call)."""
+    usage, usage_text = usage_json(st.ctx)
+    change.attempts.append(AttemptWrite(
+        st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=st.finished_at or utcnow(),
+        error=error, output=output, usage=usage_text,
+        # only a computed output is a cache source: a reused one points at its origin instead
+        cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
+        traceback=mended(trace), worker=worker,
+    ))
+    return usage
 
 
-def _describe_owner(owner: str | None) -> str:
-    """An owner id ("host:pid:tag") as people read it."""
-    if not owner:
-        return ""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    return f"pid {pid} on {host}" if pid.isdigit() else owner
+def retrying(st: StepState, change: Change, failure: Failure, record: Callable[..., Any]) -> None:
+    """A failed attempt whose step tries again after `failure.delay`: recorded (by `record`, as
+    RunExecutor._record_attempt), the step waiting."""
+    assert failure.delay is not None
+    st.lc.send("wait")
+    st.error = failure.message
+    st.next_attempt_at = utcnow() + timedelta(seconds=failure.delay)
+    record(st, change, "failed", error=failure.message, trace=failure.trace)
+    change.steps.append(st.row())
+    if st.ctx is not None and st.ctx.emitted:  # readers drop this attempt's streamed text
+        change.events.append(st.event("attempt_abandoned", reason=failure.message, retrying=True))
+    change.events.append(st.event(
+        "step_retrying", error=failure.message, **failure.located, delay_s=round(failure.delay, 3),
+        next_attempt_at=st.next_attempt_at.isoformat(),
+    ))
 
 
 def _decode(steps: list[StepState]) -> None:
@@ -243,6 +260,11 @@ class RunExecutor:
         # thousandth step as at its first.
         self._eligible: list[StepState] | None = None
         self._wake = asyncio.Event()
+        # distributed fan-outs (engine/distributed.py): their children change in other hands, so
+        # they are read again (`_follow`) when a worker says so, at most every FOLLOW_S
+        self._followed_at = 0.0
+        self._children_changed = True
+        self._elsewhere = 0  # distributed children running, as last read
         # steps whose decoded output goes once all their dependents have succeeded: not the
         # result's, not a fan-out's source (its items live on in the children)
         kept = set(wf.sinks()) | {s.map_over for s in wf.steps if s.map_over}
@@ -264,7 +286,9 @@ class RunExecutor:
                 + (f"; removed steps: {', '.join(removed)}" if removed else "")
             )
         for row in snap.parents():
-            self.parents[row.name] = self._state_from(self.wf[row.name], row)
+            self.parents[row.name] = st = self._state_from(self.wf[row.name], row)
+            if st.step.distribute:
+                st.limit = st.step.concurrency or self.wf.max_concurrency
         children: dict[str, list[StepRow]] = {}
         stale: dict[str, list[StepRow]] = {}
         for row in snap.steps:  # one pass: a run has as many rows as steps and children
@@ -312,7 +336,7 @@ class RunExecutor:
             decoded=row.output if row.state == "succeeded" else None,
             overrides=row.overrides,
             feedback=row.feedback,
-            died=_died_in_row(row),
+            died=died_in_row(row.attempts),
             waiting_for=row.waiting_for,
             suspended=sum(1 for a in row.attempts if a.state == "suspended"),
         )
@@ -349,6 +373,7 @@ class RunExecutor:
         try:
             while True:
                 self._check_deadline()
+                await self._follow(change)
                 self._handle_request(change)
                 self._take_inputs(change)
                 launch = self._schedule_compensation(change) if self.compensations else self._schedule(change)
@@ -438,8 +463,8 @@ class RunExecutor:
         if retry_failed:
             self.failure = None
         for st in self.all_states():
-            if st.state == "running" and not (st.step.map_over and not st.item and not st.undoes):
-                self._recover_died(st, change)
+            if st.state == "running" and not (st.step.map_over and not st.undoes and (not st.item or st.step.distribute)):
+                self._recover_died(st, change)  # (a distributed child is its claimer's: its lease tells)
             elif st.state in ("failed", "cancelled") and retry_failed:
                 self._reset(st, change, f"resume of a {state} run")
                 if st.step.map_over and not st.item and st.children:
@@ -450,17 +475,7 @@ class RunExecutor:
         self, st: StepState, change: Change, state: str, error: str | None = None, output: str | None = None,
         cached_from: dict[str, Any] | None = None, trace: str | None = None,
     ) -> dict[str, Any] | None:
-        """An attempt is written once, when it ends; while it runs the step row tells of it.
-        Returns the attempt's LLM usage, added up (None when it made no call)."""
-        usage = summarize_usage(st.ctx.usage) if st.ctx is not None and st.ctx.usage else None
-        change.attempts.append(AttemptWrite(
-            st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=st.finished_at or utcnow(),
-            error=error, output=output, usage=message_json(usage) if usage else None,
-            # only a computed output is a cache source: a reused one points at its origin instead
-            cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
-            traceback=mended(trace),
-        ))
-        return usage
+        return record_attempt(st, change, state, self.runtime.owner, error, output, cached_from, trace)
 
     def _reset(self, st: StepState, change: Change, reason: str, event: str = "step_reset") -> None:
         if st.state == "waiting":
@@ -580,7 +595,7 @@ class RunExecutor:
         the step waits as a retry would (the step's backoff), and at the workflow's
         `max_abandoned` it fails instead of running again, like any failed step."""
         st.died += 1
-        who = _describe_owner(self.prior_owner)
+        who = describe_owner(self.prior_owner)
         reason = DIED + (f" ({who})" if who else "")
         limit = self.wf.abandon_limit(st.step)
         self._record_attempt(st, change, "abandoned", error=reason)
@@ -615,8 +630,13 @@ class RunExecutor:
         if kind == "input":
             asyncio.create_task(self.reload_inputs())
             return
+        if kind == "children":  # a worker committed a distributed child's attempt
+            self._children_changed = True
+            self._wake.set()
+            return
         if kind and kind != self.request and kind in CANCEL_REQUESTS + PAUSE_REQUESTS:
             self.request = kind
+            self._children_changed = True  # what workers started before the request, read after it
             if (kind in CANCEL_REQUESTS or kind == "pause_now") and not self.compensations:
                 self._interrupt_tasks()  # an undo action in flight is never cut short: it completes
             self._wake.set()
@@ -709,7 +729,7 @@ class RunExecutor:
 
     def _handle_request(self, change: Change) -> None:
         """Carry out a pause or cancel once no step of ours is running."""
-        if self.request is None or self.tasks or self.run_lc.state != "running":
+        if self.request is None or self.tasks or self._elsewhere or self.run_lc.state != "running":
             return
         now = utcnow()
         if self.request in PAUSE_REQUESTS:
@@ -765,6 +785,8 @@ class RunExecutor:
                 if state in _SETTLED:  # skipped earlier in this pass
                     continue
                 if parent.step.map_over and state == "running":
+                    if parent.step.distribute:  # its children are claimed by workers (_follow)
+                        continue
                     limit = (parent.step.concurrency or self.wf.max_concurrency) - self._running(parent)
                     limit -= sum(1 for st in launch if st.step is parent.step)
                     if budget > 0 and limit > 0:
@@ -827,9 +849,10 @@ class RunExecutor:
             child = existing.pop(key, None)
             if child is None:
                 child = StepState(parent.step, key, step_lifecycle("pending", f"{parent.name}[{key}]"), i, item)
-                change.new_steps.append(
-                    NewStepRow(parent.name, key, i, "pending", list(parent.step.depends_on), position=position)
-                )
+                change.new_steps.append(NewStepRow(
+                    parent.name, key, i, "pending", list(parent.step.depends_on), position=position,
+                    claimable=parent.step.distribute,
+                ))
             else:  # a row from an earlier expansion: same identity, fresh attempt history continues
                 if child.state != "pending":
                     self._reset(child, change, "re-expanded", "step_invalidated")
@@ -857,24 +880,8 @@ class RunExecutor:
     def _kwargs(self, st: StepState, ctx: StepContext | None) -> dict[str, Any]:
         if st.undoes is not None:
             return self._compensation_kwargs(st, ctx)
-        kwargs: dict[str, Any] = {}
         overrides = self.parents[st.step.name].overrides or {}
-        for p in st.step.params:
-            if p.name in overrides:
-                kwargs[p.name] = overrides[p.name]
-            elif p.name == "ctx":
-                kwargs["ctx"] = ctx
-            elif p.name == "item":
-                kwargs["item"] = st.item_value
-            elif p.name == "input":
-                kwargs["input"] = self.input
-            elif p.name in self.parents:
-                kwargs[p.name] = self.parents[p.name].output
-            elif p.name in self.input:
-                kwargs[p.name] = self.input[p.name]
-            else:
-                kwargs[p.name] = p.default
-        return kwargs
+        return step_kwargs(st.step, ctx, st.item_value, self.input, overrides, self.parents, lambda n: self.parents[n].output)
 
     def _compensation_kwargs(self, st: StepState, ctx: StepContext | None) -> dict[str, Any]:
         assert st.undoes is not None and st.step.compensate is not None
@@ -927,19 +934,11 @@ class RunExecutor:
                     return _Cached(*hit)
         fn = st.step.compensate if st.undoes is not None else st.step.fn
         assert fn is not None
-        if st.undoes is None and self.wf.in_process(st.step):  # its timeout and a cancel kill the process
-            return await self.runtime.pool.run(self.wf, st.step, kwargs, ctx)
-        if st.step.is_async if st.undoes is None else inspect.iscoroutinefunction(fn):
-            awaitable: Any = fn(**kwargs)
-        else:
-            awaitable = ThreadCall(fn, kwargs).start()  # a daemon thread: one that outlives a timeout is abandoned
-        if st.step.timeout is None:
-            return await awaitable
-        try:
-            return await asyncio.wait_for(awaitable, st.step.timeout)
-        except asyncio.TimeoutError:
-            ctx._stopped = True
-            raise StepTimeout(f"timed out after {st.step.timeout:g}s") from None
+        return await call(
+            self.runtime.pool, self.wf, st.step, fn, kwargs, ctx,
+            is_async=st.step.is_async if st.undoes is None else inspect.iscoroutinefunction(fn),
+            in_process=st.undoes is None and self.wf.in_process(st.step),
+        )
 
     def _publish(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
@@ -957,6 +956,9 @@ class RunExecutor:
             waits.append(self.clock_start + timedelta(seconds=self.wf.timeout))
         if waits:
             timeout = max(0.0, (min(waits) - utcnow()).total_seconds())
+        if self._distributing():  # read again once told of a change, and anyway every FOLLOW_POLL_S
+            every = FOLLOW_S if self._children_changed else FOLLOW_POLL_S  # (a notice may be lost)
+            timeout = min(timeout if timeout is not None else every, every)
         if not self.tasks and timeout is None and not self.request and not self.runtime.local_children.get(self.run_id):
             if self.failure or any(st.state == "waiting" for st in self._awaiting):
                 return  # the next round ends the run, or rests it waiting for input (_maybe_wait)
@@ -985,6 +987,59 @@ class RunExecutor:
             return False
         call = next(iter(self.tasks.values())).call
         return call is not None and call.wait(ON_THE_SPOT_S)
+
+    # -- distributed fan-outs ------------------------------------------------------------------
+
+    def _distributing(self) -> list[StepState]:
+        """Distributed fan-outs running, or ended with children still running elsewhere (the run
+        ends once they have)."""
+        return [
+            p for p in self.parents.values()
+            if p.step.distribute and (p.state == "running" or any(c.state == "running" for c in p.children))
+        ]
+
+    async def _follow(self, change: Change) -> None:
+        """Read the children of running distributed fan-outs again, when a worker committed one
+        (at most every FOLLOW_S) or FOLLOW_POLL_S passed: one that failed fails its fan-out (once
+        none runs, the run ends), all succeeded join it, with their outputs as stored."""
+        fanouts = self._distributing()
+        if not fanouts:
+            self._elsewhere = 0
+            return
+        since = time.monotonic() - self._followed_at
+        if since < (FOLLOW_S if self._children_changed else FOLLOW_POLL_S):
+            return
+        self._children_changed = False
+        self._followed_at = time.monotonic()
+        store = self.runtime.store
+        elsewhere = 0
+        for parent in fanouts:
+            try:
+                rows = await asyncio.to_thread(store.fanout_children, self.run_id, parent.name)
+            except DatabaseUnavailable as exc:
+                log.warning("reading the children of %s in run %s failed: %s", parent.name, self.run_id, exc)
+                return
+            children = {c.item: c for c in parent.children}
+            for row in rows:
+                child = children.get(row.item)
+                if child is None:
+                    continue
+                if child.state != row.state:
+                    child.lc = step_lifecycle(row.state, child.label)
+                child.attempt, child.error, child.next_attempt_at = row.attempt, row.error, row.next_attempt_at
+                child.started_at, child.finished_at = row.started_at, row.finished_at
+            elsewhere += sum(1 for c in parent.children if c.state == "running")
+            if parent.state != "running":
+                continue
+            failed = next((c for c in parent.children if c.state == "failed"), None)
+            if failed is not None:
+                self._fail(parent, change, f"item {failed.item} failed: {failed.error}")
+            elif all(c.state == "succeeded" for c in parent.children):
+                texts = await asyncio.to_thread(store.child_outputs, self.run_id, parent.name)
+                for child, text in zip(parent.children, texts):
+                    child.decoded, child.stored = _UNDECODED, text
+                self._succeed_parent(parent, change)
+        self._elsewhere = elsewhere
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -1018,31 +1073,14 @@ class RunExecutor:
             else:
                 self._abandon(st, change, self.failure if self.failure and "timed out" in self.failure else "interrupted")
             return
-        plain = isinstance(error, (StepTimeout, OutputNotSerializable, StepProcessDied))
-        message = error_text(error, plain)
-        message = mended(message)  # the store mends what it stores; this copy also reaches the views
-        trace, at = user_traceback(error), where(error)
-        located = {"at": at} if at else {}
-        policy = self.wf.policy_for(st.step)
-        retryable = not isinstance(error, OutputNotSerializable) or isinstance(error, UnstorableValue)
-        tries = st.attempt - st.suspended  # an attempt that stopped to wait for input is no try
-        if retryable and policy.should_retry(tries, error):  # while draining too: resume keeps the wait
-            delay = policy.delay(tries, error)
-            st.lc.send("wait")
+        failure = judge(self.wf, st.step, error, st.attempt - st.suspended)  # an attempt that waited for input is no try
+        if failure.delay is not None:  # while draining too: resume keeps the wait
             self._waiting.add(st)
-            st.error = message
-            st.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            self._record_attempt(st, change, "failed", error=message, trace=trace)
-            change.steps.append(st.row())
-            if st.ctx is not None and st.ctx.emitted:  # readers drop this attempt's streamed text
-                change.events.append(st.event("attempt_abandoned", reason=message, retrying=True))
-            change.events.append(st.event(
-                "step_retrying", error=message, **located, delay_s=round(delay, 3),
-                next_attempt_at=st.next_attempt_at.isoformat(),
-            ))
-            self._hook("on_retry", step=st.name, item=st.item_or_none, attempt=st.attempt, error=message, delay_s=delay)
+            retrying(st, change, failure, self._record_attempt)
+            self._hook("on_retry", step=st.name, item=st.item_or_none, attempt=st.attempt, error=failure.message,
+                       delay_s=failure.delay)
             return
-        self._fail(st, change, message, trace=trace, at=at)
+        self._fail(st, change, failure.message, trace=failure.trace, at=failure.at)
 
     def _succeed(
         self, st: StepState, change: Change, text: str, value: Any = None, cached_from: dict[str, Any] | None = None
@@ -1121,7 +1159,7 @@ class RunExecutor:
         self.failure = self.failure or f"step {st.label} failed: {message}"
 
     def _maybe_finish(self, change: Change) -> None:
-        if self.run_lc.state != "running" or self.tasks or self.request or self.compensations:
+        if self.run_lc.state != "running" or self.tasks or self._elsewhere or self.request or self.compensations:
             return
         if self.failure:
             if not self._begin_compensation(change, "failed"):

@@ -22,6 +22,7 @@ import psycopg
 from statepipe.config import lease_seconds
 from statepipe.definition.loader import Loaded, load, load_ref
 from statepipe.definition.workflow import Workflow
+from statepipe.engine.distributed import ChildRunner
 from statepipe.engine.executor import RunExecutor
 from statepipe.engine.outputs import input_text
 from statepipe.engine.pool import ProcessPool
@@ -42,6 +43,7 @@ from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store, firs
 
 log = logging.getLogger("statepipe.runtime")
 MAX_CHILD_DEPTH = 8  # child workflows nest at most this deep
+CHILD_SLOTS = 64  # distributed fan-out children a process runs at once (Runtime's child_slots)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,10 @@ class _Setback:
 class Runtime:
     def __init__(
         self, store: Store, *, lease_ttl: float | None = None, linger: float = 0.05, processes: int | None = None,
+        child_slots: int = CHILD_SLOTS,
     ) -> None:
-        """`processes`: how many process steps run at once (default: the CPUs this process may use)."""
+        """`processes`: how many process steps run at once (default: the CPUs this process may use);
+        `child_slots`: how many children of distributed fan-outs this process runs at once."""
         self.store = store
         self.writer = Writer(store, linger=linger)
         self.pool = ProcessPool(processes)  # for process steps; starts no process until one needs it
@@ -85,8 +89,11 @@ class Runtime:
         self._control: threading.Thread | None = None
         self._stopping = False
         self._setbacks: dict[str, _Setback] = {}  # runs this worker let go because of an error
-        self._definitions: dict[tuple[str, str], Loaded] = {}
-        self.local_children: dict[str, set[str]] = {}  # parent run -> child runs executing here  # (ref, name) -> loaded and validated once
+        self._definitions: dict[tuple[str, str], Loaded] = {}  # (ref, name) -> loaded and validated once
+        self._children_task: asyncio.Task[None] | None = None
+        self.local_children: dict[str, set[str]] = {}  # parent run -> child runs executing here
+        self.children: ChildRunner | None = None  # runs distributed fan-outs' children (engine/distributed.py)
+        self.child_slots = child_slots
 
     def listen(self, fn: Listener) -> None:
         self.writer.add_listener(fn)
@@ -202,6 +209,8 @@ class Runtime:
             prior = await asyncio.to_thread(self.store.last_owner, run_id) if left_running else None
             executor = self._executor(snap, fence, loaded, rerun, strict, prior)
             self.executors[run_id] = executor
+            if any(s.distribute for s in executor.wf.steps) and self._refill is None:  # a worker's runner runs already
+                self._run_children(own=True)
             if self._stopping:  # stopped before its executor existed (a reader gone at once)
                 executor.stop()
             state = await executor.execute()
@@ -445,6 +454,7 @@ class Runtime:
             runnable.set()
 
         self._refill = refill
+        children = self._run_children(own=False, workflows=tuple(workflows) if workflows else None)
         host = self.owner.partition(":")[0]
         next_orphans = 0.0  # when to look for runs whose owner died on this host, once a poll
         try:
@@ -472,7 +482,36 @@ class Runtime:
         while active or refills:  # a claim riding with a last commit may still bring a run
             runnable.clear()
             await (asyncio.wait(list(active.values())) if active else runnable.wait())
+        if self.children is not None:
+            self.children.close()
+        await children
         return finished
+
+    def _run_children(self, *, own: bool, workflows: tuple[str, ...] | None = None) -> asyncio.Task[None]:
+        """Start claiming distributed fan-outs' children (once per process): in a worker, any run's
+        (`workflows` only, if given); otherwise (`own`) only those of the runs executing here."""
+        if self.children is None or self._children_task is None or self._children_task.done():
+            self.children = ChildRunner(self, self.child_slots, workflows=workflows, own=own)
+            self._children_task = asyncio.create_task(self.children.serve(), name="statepipe-children")
+        elif not own:  # a worker now: any run's
+            self.children.own, self.children.workflows = False, workflows
+        return self._children_task
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def definition(self, ref: str, name: str) -> Loaded:
+        """The definition a run was started from (by name when that file is not on this
+        machine), loaded once per process: a worker runs thousands of runs of a few workflows,
+        and a module, once imported, is not imported again anyway."""
+        key = (ref, name)
+        if key not in self._definitions:
+            try:
+                self._definitions[key] = load_ref(ref)
+            except NotFoundError:
+                self._definitions[key] = load(name)
+        return self._definitions[key]
 
     def releasing(self, run_id: str, change: Change) -> asyncio.Future[list[Event]] | None:
         """Commit the change that releases a run (ended, or paused; no hook left to run) with,
@@ -555,8 +594,12 @@ class Runtime:
             return
         run_id, _, kind = payload.partition(":")
         executor = self.executors.get(run_id)
-        if executor is not None and self._loop is not None:
+        if self._loop is None:
+            return
+        if executor is not None:
             self._loop.call_soon_threadsafe(executor.set_request, kind or None)
+        if self.children is not None and kind:
+            self._loop.call_soon_threadsafe(self.children.stop_run, run_id, kind)
 
     def stop(self) -> None:
         """Drain: claim nothing more, start no new step; running steps finish."""
@@ -566,28 +609,26 @@ class Runtime:
             ex.stop()
 
     def _load_for(self, run: RunRow) -> Loaded:
-        """The definition a run was started from (by name when that file is not on this
-        machine), loaded once per process: a worker runs thousands of runs of a few workflows,
-        and a module, once imported, is not imported again anyway."""
-        key = (run.workflow_ref, run.workflow)
-        if key not in self._definitions:
-            try:
-                self._definitions[key] = load_ref(run.workflow_ref)
-            except NotFoundError:
-                self._definitions[key] = load(run.workflow)
-        return self._definitions[key]
+        return self.definition(run.workflow_ref, run.workflow)
 
     def _wake_workers(self) -> None:
-        """Wake `work()` from any thread (the control listener, a signal handler)."""
-        if self._loop is not None and self._runnable is not None:
-            try:
+        """Wake `work()` and the children's runner from any thread (the control listener, a signal
+        handler)."""
+        if self._loop is None:
+            return
+        try:
+            if self._runnable is not None:
                 self._loop.call_soon_threadsafe(self._runnable.set)
-            except RuntimeError:  # the loop has closed: nobody is waiting
-                pass
+            if self.children is not None:
+                self._loop.call_soon_threadsafe(self.children.wake)
+        except RuntimeError:  # the loop has closed: nobody is waiting
+            pass
 
     def interrupt(self) -> None:
         for ex in list(self.executors.values()):
             ex.interrupt()
+        if self.children is not None:
+            self.children.interrupt()
 
     def close(self) -> None:
         self._closing.set()

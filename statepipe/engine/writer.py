@@ -31,7 +31,7 @@ from typing import Any
 import tenacity
 
 from statepipe.engine.threads import inbox, settle
-from statepipe.errors import DatabaseUnavailable, LeaseLost
+from statepipe.errors import ClaimLost, DatabaseUnavailable, LeaseLost
 from statepipe.store.records import Change, Claim, ClaimRequest, Event, NewEvent
 from statepipe.store.store import Store
 
@@ -290,6 +290,9 @@ class Writer:
             except LeaseLost as exc:
                 batch = self._without(batch, exc.run_id)
                 continue
+            except ClaimLost as exc:
+                batch = _without_claim(batch, exc)
+                continue
             except Exception as exc:
                 runs = list(dict.fromkeys(i.change.run_id for i in batch))
                 if len(runs) > 1 and not isinstance(exc, DatabaseUnavailable):
@@ -313,6 +316,9 @@ class Writer:
                 results, claimed = self.store.commit_and_claim([i.change for i in batch], list(requests))
             except LeaseLost as exc:  # nothing was written, no run claimed: again without that run
                 batch = self._without(batch, exc.run_id)
+                continue
+            except ClaimLost as exc:
+                batch = _without_claim(batch, exc)
                 continue
             except DatabaseUnavailable as exc:  # the claims fail fast; the changes wait for the database
                 _resolve([(c.future, None, exc) for c in claims])
@@ -358,6 +364,18 @@ class Writer:
             before_sleep=lambda rs: log.warning("database unavailable, retrying: %s", rs.outcome.exception() if rs.outcome else ""),
         )
         return retrying(self.store.commit, changes)
+
+
+def _without_claim(batch: list[_Item], lost: ClaimLost) -> list[_Item]:
+    """The batch without the changes written under a fan-out child's lost claim; their waiters
+    learn it. The run's other changes stand: its owner still holds it."""
+
+    def under(item: _Item) -> bool:
+        ch = item.change
+        return ch.run_id == lost.run_id and any((h.name, h.item) == (lost.name, lost.item) for h in ch.claims)
+
+    _resolve([(item.future, None, lost) for item in batch if under(item) and item.future is not None])
+    return [i for i in batch if not under(i)]
 
 
 def _away(state: tenacity.RetryCallState) -> bool:

@@ -114,6 +114,7 @@ class StepRowWrite:
     feedback: str | None = None
     item_index: int | None = None  # a fan-out child's place; None once a re-expansion drops it
     waiting_for: dict[str, Any] | None = None  # {name, schema, deadline}: the input it waits for
+    distribute: int | None = None  # a distributed fan-out's limit of children running at once, across workers
 
 
 @dataclass
@@ -126,6 +127,7 @@ class NewStepRow:
     fanout: bool = False
     compensates: str | None = None
     position: int = 0
+    claimable: bool = False  # a distributed fan-out's child: any worker may claim it
 
 
 @dataclass
@@ -144,6 +146,7 @@ class AttemptWrite:
     cache_key: str | None = None
     cached_from: dict[str, Any] | None = None
     traceback: str | None = None  # a failed attempt's, the user's frames first (see engine.tracebacks)
+    worker: str | None = None  # the owner id of the process that ran it
 
 
 @dataclass
@@ -187,12 +190,25 @@ class Change:
     """One unit the engine commits: every transition in it lands with its events, or none does."""
 
     run_id: str
-    fence: int
+    fence: int | None  # the owner's fencing token; None: a claimed child's (see `claims`)
     events: list[NewEvent]
     run: RunWrite | None = None
     new_steps: list[NewStepRow] = field(default_factory=list)
     steps: list[StepRowWrite] = field(default_factory=list)
     attempts: list[AttemptWrite] = field(default_factory=list)  # attempts that ended
+    claims: list[ChildHold] = field(default_factory=list)  # the children's claims it is written under
+
+
+@dataclass(frozen=True)
+class ChildHold:
+    """A worker's claim of a distributed fan-out child, as a commit names it: the commit is
+    refused if another claim has replaced it; `release` ends it (the attempt is over)."""
+
+    name: str
+    item: str
+    fence: int
+    release: bool = False
+    start: bool = False  # an attempt begins: refused once the run is asked to stop
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -347,11 +363,13 @@ class AttemptRow:
     usage: dict[str, Any] | None = None
     cached_from: dict[str, Any] | None = None
     traceback: str | None = None
+    worker: str | None = None  # the owner id of the process that ran it (host:pid:tag)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "state": self.state,
+            "worker": self.worker,
             "usage": self.usage,
             "cached_from": self.cached_from,
             "started_at": iso(self.started_at),
@@ -429,6 +447,41 @@ class ClaimRequest:
     workflows: tuple[str, ...] | None = None
     batch_id: str | None = None
     skip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChildClaimRequest:
+    """What a worker asks of statepipe.claim_children: up to `limit` children for `owner`, leased
+    for `ttl` seconds; only of `workflows`, and only of the runs in `runs`, when given."""
+
+    owner: str
+    ttl: float
+    limit: int
+    workflows: tuple[str, ...] | None = None
+    runs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ChildClaim:
+    """A distributed fan-out child a worker just claimed, with what running it needs from its run."""
+
+    run_id: str
+    name: str
+    item: str
+    item_index: int
+    state: str  # pending, waiting (a retry due), or running (its last worker died)
+    attempt: int
+    error: str | None
+    fence: int
+    workflow: str
+    workflow_ref: str
+    input: dict[str, Any]
+    dry_run: bool
+    overrides: dict[str, Any] | None
+    feedback: str | None
+    parent_attempt: int  # the fan-out's attempt: its children's inputs are those of this attempt
+    started_at: datetime | None = None
+    prior: str | None = None  # who held it before (a claimer that died mid-attempt)
 
 
 @dataclass(frozen=True)

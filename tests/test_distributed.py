@@ -1,0 +1,179 @@
+"""Distributed fan-outs (issue 18): a map_over step with distribute=True has its children claimed
+by any worker on the database, each child's attempts committed under its own claim; the run's
+owner waits for them and joins. Real worker processes, real kill -9."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from statepipe.definition.workflow import Workflow
+from statepipe.errors import DefinitionError
+from tests.conftest import run_here, workflow_path
+from tests.test_faults import assert_alive, kill9, wait_for
+
+SPREAD = workflow_path("spread")
+FAST_LEASE = {"STATEPIPE_LEASE_SECONDS": "2"}
+
+
+def _enqueue(cli: Any, **inputs: Any) -> str:
+    args = [f"-i{k}={v}" for k, v in inputs.items()]
+    done = cli("run", SPREAD, "--detach", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _succeeded_attempts(store: Any, run_id: str) -> dict[str, list[Any]]:
+    snap = store.snapshot(run_id)
+    return {s.item: [a for a in s.attempts if a.state == "succeeded"] for s in snap.steps if s.name == "square" and s.item}
+
+
+def _stop(*workers: subprocess.Popen[str]) -> None:
+    for w in workers:
+        if w.poll() is None:
+            w.terminate()
+    for w in workers:
+        w.wait(timeout=30)
+
+
+def test_three_workers_share_a_fan_out_and_one_killed_mid_way_loses_only_its_attempts(spawn, cli, store):
+    workers = [spawn("worker", **FAST_LEASE) for _ in range(3)]
+    run_id = _enqueue(cli, width=300, seconds=0.02)
+    # wait until the fan-out is well under way, then kill a worker that holds children
+    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 60, 60, "60 children done")
+    ran = [a.worker.split(":")[1] for v in _succeeded_attempts(store, run_id).values() for a in v]
+    victim = max(workers, key=lambda w: ran.count(str(w.pid)))  # one that is taking children
+    assert_alive(*workers)
+    kill9(victim)
+    wait_for(lambda: store.get_run(run_id).state in ("succeeded", "failed"), 120, "the run to end", 0.2)
+    _stop(*[w for w in workers if w is not victim])
+
+    assert store.get_run(run_id).state == "succeeded"
+    done = _succeeded_attempts(store, run_id)
+    assert sorted(done, key=int) == [str(i) for i in range(300)]
+    assert all(len(v) == 1 for v in done.values()), {k: len(v) for k, v in done.items() if len(v) != 1}
+    workers_seen = {a.worker.split(":")[1] for v in done.values() for a in v}
+    assert len(workers_seen) > 1, workers_seen
+    assert store.results([run_id])[run_id] == _single_process_result(store, width=300)
+
+
+def _single_process_result(store: Any, **inputs: Any) -> Any:
+    run_id = run_here(store, "spread", **inputs)
+    return store.results([run_id])[run_id]
+
+
+def test_a_worker_killed_mid_child_leaves_the_attempt_abandoned_and_another_worker_finishes_it(spawn, cli, store):
+    first = spawn("worker", **FAST_LEASE)
+    run_id = _enqueue(cli, width=4, seconds=30)
+    wait_for(lambda: any(s.state == "running" for s in store.fanout_children(run_id, "square")), 60, "children running")
+    kill9(first)
+    before = {s.item: s.attempt for s in store.fanout_children(run_id, "square")}
+    second = spawn("worker", **FAST_LEASE)
+    try:
+        # the second worker takes the children once the dead one's leases run out (2 s), and
+        # records the killed attempts abandoned, naming the dead process
+        wait_for(lambda: all(s.attempt == before[s.item] + 1 for s in store.fanout_children(run_id, "square")), 60,
+                 "the children to be claimed again")
+        snap = store.snapshot(run_id)
+        abandoned = [a for s in snap.steps if s.name == "square" and s.item for a in s.attempts if a.state == "abandoned"]
+        assert len(abandoned) == 4
+        assert all(a.error.startswith(f"the process running it died (pid {first.pid} on ") for a in abandoned)
+    finally:
+        assert cli("cancel", run_id).returncode == 0
+        wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)
+        _stop(second)
+
+
+def test_a_run_started_here_runs_its_distributed_children_itself_when_no_worker_is_there(store):
+    run_id = run_here(store, "spread", width=50)
+    assert store.get_run(run_id).state == "succeeded"
+    result = store.results([run_id])[run_id]
+    assert result["count"] == 50 and result["order"] == list(range(50))
+    assert all(len(v) == 1 for v in _succeeded_attempts(store, run_id).values())
+
+
+def test_a_distributed_childs_failure_is_retried_per_its_policy_on_whichever_worker(store):
+    run_id = run_here(store, "spread", width=10, flaky=3)
+    assert store.get_run(run_id).state == "succeeded"
+    child = next(s for s in store.snapshot(run_id).steps if s.name == "square" and s.item == "3")
+    assert [a.state for a in child.attempts] == ["failed", "succeeded"]
+    assert "fails its first attempt" in child.attempts[0].error
+
+
+def test_a_distributed_child_that_keeps_failing_fails_the_fan_out_and_the_run_with_its_error(store):
+    run_id = run_here(store, "spread", width=10, broken=4)
+    run = store.get_run(run_id)
+    assert run.state == "failed"
+    assert run.error == "step square failed: item 4 failed: ValueError: item 4 is broken"
+    child = next(s for s in store.snapshot(run_id).steps if s.name == "square" and s.item == "4")
+    assert [a.state for a in child.attempts] == ["failed"] * 3
+    assert "line" in (child.attempts[-1].traceback or "")
+
+
+def test_the_fan_outs_concurrency_holds_across_all_workers(spawn, cli, store, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    workers = [spawn("worker") for _ in range(3)]
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(len(os.listdir(marks)))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    run_id = _enqueue(cli, width=40, seconds=0.05, marks=str(marks))
+    try:
+        wait_for(lambda: store.get_run(run_id).state == "succeeded", 120, "the run to succeed", 0.2)
+    finally:
+        stop.set()
+        watcher.join()
+        _stop(*workers)
+    assert max(seen) <= 8  # spread.py's concurrency=8
+    assert max(seen) >= 2  # and they did run side by side
+    done = _succeeded_attempts(store, run_id)
+    assert len({a.worker for v in done.values() for a in v}) > 1
+
+
+def test_cancel_stops_a_distributed_fan_out_and_no_child_starts_after_it(spawn, cli, store):
+    worker = spawn("worker")
+    run_id = _enqueue(cli, width=200, seconds=0.2)
+    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 5, 60, "children done")
+    assert cli("cancel", run_id).returncode == 0
+    wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)
+    states = [s.state for s in store.fanout_children(run_id, "square")]
+    time.sleep(1.0)
+    assert [s.state for s in store.fanout_children(run_id, "square")] == states  # nothing moves any more
+    assert "running" not in states and "pending" not in states
+    assert states.count("cancelled") > 100
+    _stop(worker)
+
+
+def test_pause_waits_for_the_running_children_and_resume_finishes_the_fan_out(spawn, cli, store):
+    worker = spawn("worker")
+    run_id = _enqueue(cli, width=60, seconds=0.1)
+    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 5, 60, "children done")
+    assert cli("pause", run_id).returncode == 0
+    wait_for(lambda: store.get_run(run_id).state == "paused", 60, "the run to pause", 0.2)
+    assert "running" not in {s.state for s in store.fanout_children(run_id, "square")}
+    assert cli("resume", run_id, "--detach").returncode == 0
+    wait_for(lambda: store.get_run(run_id).state == "succeeded", 60, "the run to succeed", 0.2)
+    _stop(worker)
+    assert all(len(v) == 1 for v in _succeeded_attempts(store, run_id).values())
+    assert store.results([run_id])[run_id]["count"] == 60
+
+
+def test_distribute_is_refused_on_a_step_that_is_not_a_fan_out():
+    wf = Workflow("bad_distribute")
+    with pytest.raises(DefinitionError, match="distribute applies to map_over steps only"):
+        @wf.step(distribute=True)
+        def lonely() -> int:
+            return 1
+
