@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +178,20 @@ def test_distribute_is_refused_on_a_step_that_is_not_a_fan_out():
         def lonely() -> int:
             return 1
 
+
+
+@pytest.mark.parametrize("workflow", ["spread", "spread_local"])
+def test_rerun_from_a_fan_out_of_a_failed_run_expands_it_again_and_succeeds(cli, store, workflow, tmp_path):
+    # before: the fan-out, reopened by the failed run's resume, was left running without children
+    # (in-process: "nothing running and nothing ready"; distributed: joined with no items)
+    path = SPREAD
+    if workflow == "spread_local":
+        path = str(tmp_path / "spread_local.py")
+        Path(path).write_text(Path(SPREAD).read_text().replace("distribute=True, ", "").replace('"spread"', '"spread_local"'))
+    failed = cli("run", path, "-i", "width=20", "-i", "broken=4")
+    assert failed.returncode == 1
+    run_id = store.list_runs(limit=1)[0].id
+    done = cli("rerun", run_id, "--from", "square", "--set", "broken=-1")
+    assert done.returncode == 0, done.stderr
+    result = store.results([run_id])[run_id]
+    assert result["count"] == 20 and result["order"] == list(range(20))

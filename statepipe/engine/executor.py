@@ -566,6 +566,9 @@ class RunExecutor:
             else:
                 if st.state not in ("pending", "running"):
                     self._reset(st, change, reason, "step_invalidated")
+                elif st.step.map_over and st.state == "running":  # reopened by the resume of a failed run
+                    st.lc.send("interrupt")
+                    self._reopened(st)
                 if st.step.map_over:  # re-expanded from its source's new output
                     for child in st.children:
                         child.item_index = None
