@@ -177,6 +177,15 @@ def test_inspect_json_of_a_wide_run_is_the_document_built_whole(cli, store):
     assert streamed.stdout == whole
 
 
+def test_json_read_a_page_at_a_time_is_what_a_value_at_a_time_reads():
+    from statepipe.store.store import _loads, _loads_all
+
+    plain = [None, "null", '{"a": [1, 2.5, "é"]}', "1e-07", '"text"']
+    for texts in (plain, [*plain, str(2**70)], [*plain, "1e400"]):  # orjson's reading; json's, for either number
+        assert _loads_all(texts) == [None if t is None else _loads(t) for t in texts]
+    assert _loads_all([str(2**70)]) == [2**70] and _loads_all(["1e400"]) == [float("inf")]
+
+
 def test_inspect_of_a_wide_run_reads_some_children_and_shows_what_reading_all_showed(store):
     from statepipe.views.render import inspect_view
 
