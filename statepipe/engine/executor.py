@@ -717,7 +717,7 @@ class RunExecutor:
         """Nothing runs, nothing can start, and steps wait for input: the run rests `waiting`,
         its lease released, until a value comes (or a deadline) and some executor takes it up."""
         if (self.run_lc.state != "running" or self.tasks or self.request or self.failure or self.compensations
-                or self.stopping or change.run is not None):
+                or self.stopping or change.run is not None or self._distributing()):
             return
         awaited = [st for st in self._awaiting if st.state == "waiting" and st.waiting_for is not None]
         if not awaited or any(st.state == "waiting" for st in self._waiting):

@@ -74,7 +74,8 @@
       doc.finished_at = null;
       doc.error = null;
       if (!(doc.attempts || []).some((a) => a.number === e.attempt))
-        doc.attempts = [...(doc.attempts || []), { number: e.attempt, state: "running", started_at: e.ts, finished_at: null, usage: null, error: null }];
+        doc.attempts = [...(doc.attempts || []), { number: e.attempt, state: "running", started_at: e.ts, finished_at: null, usage: null,
+          error: null, worker: e.data.worker || null }];
     } else if (["succeeded", "failed", "waiting", "cancelled"].includes(state)) {
       doc.finished_at = e.ts;
       if (e.data.error) doc.error = e.data.error;
@@ -212,7 +213,8 @@
       bar.append(h("i", {
         class: `st-${a.state}${a.number !== current ? " old" : ""}`,
         style: `left:${Math.max(0, left).toFixed(2)}%;width:${Math.max(0.3, width).toFixed(2)}%`,
-        title: `#${a.number} ${a.state} ${SP.time(a.started_at)}–${SP.time(a.finished_at)} ${SP.duration(a.duration_s)}`,
+        title: `#${a.number} ${a.state} ${SP.time(a.started_at)}–${SP.time(a.finished_at)} ${SP.duration(a.duration_s)}` +
+          (a.worker ? ` on ${a.worker}` : ""),
       }));
     }
     return bar;
