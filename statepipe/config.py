@@ -25,6 +25,9 @@ def database_url(flag: str | None = None) -> str | None:
     return flag or os.environ.get("STATEPIPE_DATABASE_URL") or None
 
 
+CHILD_SLOTS = 64  # children of distributed fan-outs a process runs at once (worker --children)
+
+
 def lease_seconds() -> float:
     return float(os.environ.get("STATEPIPE_LEASE_SECONDS", "15"))
 

@@ -120,6 +120,17 @@ def test_the_fan_outs_concurrency_holds_across_all_workers(spawn, cli, store, tm
     marks = tmp_path / "marks"
     marks.mkdir()
     workers = [spawn("worker") for _ in range(3)]
+    run_id = _enqueue(cli, width=40, seconds=0.05, marks=str(marks))
+    try:
+        most = _most_at_once(store, run_id, marks)
+    finally:
+        _stop(*workers)
+    assert 2 <= most <= 8  # spread.py's concurrency=8, and they did run side by side
+    done = _succeeded_attempts(store, run_id)
+    assert len({a.worker for v in done.values() for a in v}) > 1
+
+
+def _most_at_once(store: Any, run_id: str, marks: Path) -> int:
     seen: list[int] = []
     stop = threading.Event()
 
@@ -130,17 +141,22 @@ def test_the_fan_outs_concurrency_holds_across_all_workers(spawn, cli, store, tm
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    run_id = _enqueue(cli, width=40, seconds=0.05, marks=str(marks))
     try:
         wait_for(lambda: store.get_run(run_id).state == "succeeded", 120, "the run to succeed", 0.2)
     finally:
         stop.set()
         watcher.join()
-        _stop(*workers)
-    assert max(seen) <= 8  # spread.py's concurrency=8
-    assert max(seen) >= 2  # and they did run side by side
-    done = _succeeded_attempts(store, run_id)
-    assert len({a.worker for v in done.values() for a in v}) > 1
+    return max(seen)
+
+
+def test_a_worker_runs_no_more_children_at_once_than_its_children_option(spawn, cli, store, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    worker = spawn("worker", "--children", "2")
+    run_id = _enqueue(cli, width=12, seconds=0.1, marks=str(marks))
+    most = _most_at_once(store, run_id, marks)
+    _stop(worker)
+    assert most == 2
 
 
 def test_cancel_stops_a_distributed_fan_out_and_no_child_starts_after_it(spawn, cli, store):

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from statepipe.config import lease_seconds
+from statepipe.config import CHILD_SLOTS, lease_seconds
 from statepipe.definition.loader import Loaded, load, load_ref
 from statepipe.definition.workflow import Workflow
 from statepipe.engine.distributed import ChildRunner
@@ -43,7 +43,6 @@ from statepipe.store.store import CONTROL_CHANNEL, RUNNABLE_CHANNEL, Store, firs
 
 log = logging.getLogger("statepipe.runtime")
 MAX_CHILD_DEPTH = 8  # child workflows nest at most this deep
-CHILD_SLOTS = 64  # distributed fan-out children a process runs at once (Runtime's child_slots)
 
 
 @dataclass(frozen=True)

@@ -763,8 +763,10 @@ def worker(
     grace: Annotated[float, typer.Option(help="Seconds running steps get to finish on SIGTERM/SIGINT.")] = 30.0,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when no run is left to claim.")] = False,
     processes: Annotated[Optional[int], typer.Option("--processes", min=1, help="Process steps (process=True) running at once; default: the CPU count.")] = None,
+    children: Annotated[int, typer.Option("--children", min=1, help="Children of distributed fan-outs (distribute=True) running at once.")] = config.CHILD_SLOTS,
 ) -> None:
-    """Execute runs from the shared database: enqueued ones, released ones, and those whose owner died."""
+    """Execute runs from the shared database: enqueued ones, released ones, and those whose owner
+    died; and the children of any run's distributed fan-outs."""
     import asyncio
 
     from statepipe.engine.runtime import Runtime
@@ -772,7 +774,7 @@ def worker(
 
     store = _store(max_size=max(4, concurrency + 2))
     out_dir = config.output_dir(OPTS.output_dir)
-    runtime = Runtime(store, processes=processes)
+    runtime = Runtime(store, processes=processes, child_slots=children)
     files = EventFiles(out_dir, store)
     runtime.listen(files.write)
     results = ResultWriter(out_dir)
@@ -780,7 +782,8 @@ def worker(
     # plain lines: a busy worker prints hundreds a second, and they are meant for logs and grep
     runtime.finished.append(lambda outcome: print(f"{outcome.run_id} {outcome.state}", file=sys.stderr, flush=True))
     names = [w.strip() for w in workflows.split(",") if w.strip()] if workflows else None
-    err.print(f"worker {runtime.owner}: up to {concurrency} runs" + (f" of {', '.join(names)}" if names else ""))
+    err.print(f"worker {runtime.owner}: up to {concurrency} runs" + (f" of {', '.join(names)}" if names else "")
+              + f" and {children} distributed children")
 
     async def main() -> int:
         _drain_on_signals(runtime, grace, "the worker")
