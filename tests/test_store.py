@@ -248,8 +248,9 @@ def test_a_finished_run_is_freed_by_reference_counting_without_a_garbage_collect
     from conftest import workflow_path
 
     from statepipe.definition.loader import load
-    from statepipe.engine.executor import RunExecutor, StepState
+    from statepipe.engine.executor import RunExecutor
     from statepipe.engine.runtime import Runtime
+    from statepipe.engine.steps import StepState
 
     runtime = Runtime(store)
     loaded = load(workflow_path("mixed"))

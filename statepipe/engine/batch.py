@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from statepipe.definition.loader import Loaded
-from statepipe.engine.executor import RETRY_REQUEST
+from statepipe.engine.requests import RETRY_REQUEST
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import InputError
 from statepipe.inputs import json_object, read_text

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from statepipe.engine.executor import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
+from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.engine.runtime import Runtime
 from statepipe.errors import ConflictError
 from statepipe.lifecycles import RUN_FINISHED, run_lifecycle

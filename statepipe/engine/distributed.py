@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from statepipe.engine.attempt import DIED, call, describe_owner, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
-from statepipe.engine.executor import CANCEL_REQUESTS, StepState, record_attempt, retrying
 from statepipe.engine.outputs import encode, summarize
+from statepipe.engine.requests import CANCEL_REQUESTS
+from statepipe.engine.steps import StepState, record_attempt, retrying
 from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import ClaimLost, DatabaseUnavailable, NonRetryable, OutputNotSerializable, StatepipeError
 from statepipe.lifecycles import step_lifecycle

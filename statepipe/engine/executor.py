@@ -18,15 +18,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
-from statepipe.engine.attempt import DIED, Failure, call, describe_owner, died_in_row, judge, step_kwargs, usage_json
+from statepipe.engine.attempt import DIED, call, describe_owner, died_in_row, judge, step_kwargs
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
-from statepipe.engine.outputs import decode, encode, summarize
+from statepipe.engine.outputs import encode, summarize
+from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.engine.rerun import RerunPlan
+from statepipe.engine.steps import UNDECODED, StepState, record_attempt, retrying
 from statepipe.engine.threads import ThreadCall
 from statepipe.engine.tracebacks import error_text
 from statepipe.engine.waits import AwaitingInput
@@ -37,9 +39,8 @@ from statepipe.errors import (
     OutputNotSerializable,
     StepTimeout,
 )
-from statepipe.lifecycles import RUN_FINISHED, STEP_DONE, STEP_STATES, Lifecycle, run_lifecycle, step_lifecycle
+from statepipe.lifecycles import RUN_FINISHED, STEP_STATES, run_lifecycle, step_lifecycle
 from statepipe.store.records import (
-    AttemptWrite,
     Change,
     NewEvent,
     NewStepRow,
@@ -47,7 +48,6 @@ from statepipe.store.records import (
     RunSnapshot,
     RunWrite,
     StepRow,
-    StepRowWrite,
     utcnow,
 )
 from statepipe.store.storable import mended
@@ -58,102 +58,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("statepipe.executor")
 
-CANCEL_REQUESTS = ("cancel", "cancel_compensate")
-RETRY_REQUEST = "retry"
-PAUSE_REQUESTS = ("pause", "pause_now")
-_UNDECODED = object()  # StepState.decoded before its stored JSON is first read
 _SETTLED = frozenset(STEP_STATES) - {"pending", "waiting", "running"}  # states _schedule starts nothing from
 FOLLOW_S = 0.05  # a distributed fan-out's children are read again at most this often when told of a change
 FOLLOW_POLL_S = 1.0  # ... and this often anyway (a notice can be lost while the database is away)
 ON_THE_SPOT_S = 0.002  # how long a lone run's loop blocks for its sync step before waiting as usual
-
-
-@dataclass(eq=False)
-class StepState:
-    """A step, fan-out child or compensation as the executor tracks it; `lc` is its lifecycle."""
-
-    step: Step
-    item: str
-    lc: Lifecycle
-    item_index: int | None = None
-    item_value: Any = None
-    attempt: int = 0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-    next_attempt_at: datetime | None = None
-    decoded: Any = None  # the output as consumers get it, or _UNDECODED (see `output`)
-    stored: str | None = None  # the output's JSON as this process committed it
-    children: list[StepState] = field(default_factory=list)
-    undoes: StepState | None = None  # set on a compensation: the step it undoes
-    previous_error: str | None = None  # the failed attempt before this one
-    died: int = 0  # attempts in a row abandoned because their process died (see _recover_died)
-    waiting_for: dict[str, Any] | None = None  # {name, schema, deadline}: the input it waits for
-    suspended: int = 0  # attempts that stopped to wait for input: not counted by the retry policy
-    overrides: dict[str, Any] | None = None  # input values a rerun set for this step
-    feedback: str | None = None  # what the user asked of this step
-    stale: list[StepState] = field(default_factory=list)  # children a re-expansion dropped
-    # a fan-out parent's bookkeeping, so a child costs the same at 100,000 as at 1,000: the
-    # children to start next in item order (None: to be listed again after a bulk change), and
-    # how many succeeded (None: to be counted again)
-    ready: deque[StepState] | None = None
-    done: int | None = None
-    limit: int | None = None  # a distributed fan-out's: its children running at once, across workers
-    cache_key: str | None = None  # set on a cacheable step when its attempt starts
-    ctx: StepContext | None = None
-    call: ThreadCall | None = None  # a plain sync call's thread, while it runs (see _plain_call)
-    began: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return f"{self.step.name}:compensate" if self.undoes else self.step.name
-
-    @property
-    def output(self) -> Any:
-        """The output decoded from its stored JSON, so a live consumer receives exactly what one
-        resumed a day later would; decoded when first needed."""
-        if self.decoded is _UNDECODED:
-            assert self.stored is not None  # set together
-            self.decoded = decode(self.stored)
-        return self.decoded
-
-    @output.setter
-    def output(self, value: Any) -> None:
-        self.decoded, self.stored = value, None
-
-    def release(self) -> None:
-        """Let the decoded output go, keeping its JSON: decoded, a megabyte of JSON is several
-        of Python objects, which every full garbage collection walks. Read again, it is decoded
-        again from the same text."""
-        if self.stored is not None:
-            self.decoded = _UNDECODED
-
-    @property
-    def item_or_none(self) -> str | None:
-        return self.item or None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}[{self.item}]" if self.item else self.name
-
-    @property
-    def state(self) -> str:
-        return self.lc.state
-
-    @property
-    def satisfied(self) -> bool:
-        """Done as far as dependents care: succeeded, skipped, or an optional step that failed."""
-        return self.state in STEP_DONE or (self.state == "failed" and self.step.optional)
-
-    def row(self) -> StepRowWrite:
-        return StepRowWrite(
-            self.name, self.item, self.state, self.attempt, self.started_at, self.finished_at,
-            self.error, self.next_attempt_at, self.overrides, self.feedback, self.item_index, self.waiting_for,
-            self.limit,
-        )
-
-    def event(self, type_: str, **data: Any) -> NewEvent:
-        return NewEvent(type_, self.name, self.item_or_none, self.attempt or None, data)
 
 
 @dataclass(frozen=True)
@@ -175,40 +83,6 @@ def _cache_key(workflow: str, st: StepState, kwargs: dict[str, Any], feedback: s
         "feedback": feedback,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def record_attempt(
-    st: StepState, change: Change, state: str, worker: str, error: str | None = None, output: str | None = None,
-    cached_from: dict[str, Any] | None = None, trace: str | None = None,
-) -> dict[str, Any] | None:
-    """An attempt is written once, when it ends; while it runs the step row tells of it.
-    Returns the attempt's LLM usage, added up (None when it made no call)."""
-    usage, usage_text = usage_json(st.ctx)
-    change.attempts.append(AttemptWrite(
-        st.name, st.item, st.attempt, state, started_at=st.started_at or utcnow(), finished_at=st.finished_at or utcnow(),
-        error=error, output=output, usage=usage_text,
-        # only a computed output is a cache source: a reused one points at its origin instead
-        cache_key=st.cache_key if state == "succeeded" and cached_from is None else None, cached_from=cached_from,
-        traceback=mended(trace), worker=worker,
-    ))
-    return usage
-
-
-def retrying(st: StepState, change: Change, failure: Failure, record: Callable[..., Any]) -> None:
-    """A failed attempt whose step tries again after `failure.delay`: recorded (by `record`, as
-    RunExecutor._record_attempt), the step waiting."""
-    assert failure.delay is not None
-    st.lc.send("wait")
-    st.error = failure.message
-    st.next_attempt_at = utcnow() + timedelta(seconds=failure.delay)
-    record(st, change, "failed", error=failure.message, trace=failure.trace)
-    change.steps.append(st.row())
-    if st.ctx is not None and st.ctx.emitted:  # readers drop this attempt's streamed text
-        change.events.append(st.event("attempt_abandoned", reason=failure.message, retrying=True))
-    change.events.append(st.event(
-        "step_retrying", error=failure.message, **failure.located, delay_s=round(failure.delay, 3),
-        next_attempt_at=st.next_attempt_at.isoformat(),
-    ))
 
 
 def _decode(steps: list[StepState]) -> None:
@@ -1040,7 +914,7 @@ class RunExecutor:
             elif all(c.state == "succeeded" for c in parent.children):
                 texts = await asyncio.to_thread(store.child_outputs, self.run_id, parent.name)
                 for child, text in zip(parent.children, texts):
-                    child.decoded, child.stored = _UNDECODED, text
+                    child.decoded, child.stored = UNDECODED, text
                 self._succeed_parent(parent, change)
         self._elsewhere = elsewhere
 
@@ -1090,7 +964,7 @@ class RunExecutor:
     ) -> None:
         """`value` is what the step returned (None when reused from the cache): enough for the
         one-line summary, while consumers get the stored JSON decoded."""
-        st.decoded, st.stored = _UNDECODED, text
+        st.decoded, st.stored = UNDECODED, text
         self._committing.append(st)
         st.lc.send("succeed")
         st.finished_at = utcnow()
