@@ -211,3 +211,18 @@ def test_rerun_from_a_fan_out_of_a_failed_run_expands_it_again_and_succeeds(cli,
     assert done.returncode == 0, done.stderr
     result = store.results([run_id])[run_id]
     assert result["count"] == 20 and result["order"] == list(range(20))
+
+
+def test_the_runs_own_process_killed_mid_fan_out_is_taken_over_and_every_child_succeeds_once(spawn, store):
+    workers = [spawn("worker", **FAST_LEASE) for _ in range(2)]
+    owner = spawn("run", SPREAD, "-i", "width=200", "-i", "seconds=0.02", **FAST_LEASE)
+    wait_for(lambda: store.list_runs(limit=1), 30, "the run to be created")
+    run_id = store.list_runs(limit=1)[0].id
+    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 40, 60, "40 children done")
+    kill9(owner)  # the run's owner, and the children it ran itself
+    wait_for(lambda: store.get_run(run_id).state == "succeeded", 120, "a worker to take the run over and end it", 0.2)
+    _stop(*workers)
+    done = _succeeded_attempts(store, run_id)
+    assert sorted(done, key=int) == [str(i) for i in range(200)]
+    assert all(len(v) == 1 for v in done.values())
+    assert store.results([run_id])[run_id]["order"] == list(range(200))
