@@ -28,7 +28,7 @@ NDJSON = "application/x-ndjson"
 
 
 async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIterator[tuple[str, Any]]:
-    """("events", [(Event, its JSON line), ...]) as they come, ("interrupted", run document) once when nobody
+    """("events", [Line, ...]) as they come, ("interrupted", run document) once when nobody
     executes the run, then ("end", state) when it ends, or at once without `follow`."""
     store = bus.store
     last, ended = after, None
@@ -42,16 +42,17 @@ async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIt
             if batch is None:  # behind the live window (or not following): the database
                 batch = await asyncio.to_thread(_read_lines, store, run_id, last)
             if batch:
-                last = batch[-1][0].seq
-                ended = ending([e for e, _ in batch], ended)
+                last = batch[-1].event.seq
+                ended = ending([line.event for line in batch], ended)
                 yield "events", batch
                 if ended is not None and feed is not None and not feed.after(last):
                     break
                 continue
             if feed is None or changed is None:
                 break  # not following: everything there is has been sent
-            if look:  # not per commit: 200 clients of a run would read its row 200 times a commit
-                run = await asyncio.to_thread(store.get_run, run_id)
+            if look:  # not per commit, and shared by the feed's clients (Feed.look)
+                run = await feed.look(store, run_id, last)
+                bus.seen(run_id, feed, run.last_seq)
                 ended = ended or finished_state(run, last)
                 if ended is not None:
                     break
@@ -61,7 +62,8 @@ async def follow_run(bus: Bus, run_id: str, after: int, follow: bool) -> AsyncIt
                 elif not run.interrupted:
                     told_interrupted = False
             try:
-                await asyncio.wait_for(changed.wait(), RECHECK_S)
+                async with asyncio.timeout(RECHECK_S):  # unlike wait_for, no task per wait
+                    await changed.wait()
                 look = False
             except TimeoutError:
                 look = True
@@ -83,12 +85,13 @@ def _start(after: int | None, last_event_id: str | None) -> int:
 
 
 def _sse(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes | dict[str, str]]:
-    """Events as SSE frames, a batch in one write (sse-starlette sends bytes as they are)."""
+    """Events as SSE frames, a batch in one write (sse-starlette sends bytes as they are), each
+    frame encoded once by the feed for all its clients."""
 
     async def frames() -> AsyncIterator[bytes | dict[str, str]]:
         async for kind, value in items:
             if kind == "events":
-                yield "".join(f"id: {e.seq}\nevent: message\ndata: {line}\n\n" for e, line in value).encode()
+                yield b"".join(line.frame for line in value)
             else:
                 yield {"event": kind, "data": json.dumps({"state": value} if kind == "end" else value)}
 
@@ -99,7 +102,7 @@ def _ndjson(items: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[str]:
     async def lines() -> AsyncIterator[str]:
         async for kind, value in items:
             if kind == "events":
-                yield "".join(line + "\n" for _, line in value)
+                yield "".join(line.json + "\n" for line in value)
 
     return lines()
 
@@ -124,7 +127,8 @@ async def run_events(
     events after it, then the live tail. An `interrupted` event says nobody executes the run
     (the stream stays open); an `end` event, `{"state": ...}`, closes it."""
     bus: Bus = request.app.state.bus
-    full = await asyncio.to_thread(bus.store.resolve_run_id, run_id)
+    # a followed run's full id needs no lookup: 200 clients connecting cost no query each
+    full = run_id if run_id in bus.feeds else await asyncio.to_thread(bus.store.resolve_run_id, run_id)
     items = follow_run(bus, full, _start(after, last_event_id), follow)
     if format == "ndjson" or (format is None and NDJSON in (accept or "")):
         return StreamingResponse(_ndjson(items), media_type=NDJSON, headers=NO_BUFFERING)
