@@ -210,9 +210,20 @@ def _execute(
     runtime.finished.append(results)
     interactive = sys.stdout.isatty()
     loaded = load(workflow) if workflow else None
+    loop_of: list[Any] = []
+    closed: list[bool] = []  # the reader left before the loop ran: it stops as it starts
+
+    def stop_now() -> None:
+        """From the views' or the stdout watch's thread: start nothing new and stop running
+        steps; resumable. Defined before either can call it: a reader may leave as soon as the
+        run's first line is out, while this process is still creating the run."""
+        closed.append(True)
+        if loop_of:
+            loop_of[0].call_soon_threadsafe(lambda: (runtime.stop(), runtime.interrupt()))
+
     if not interactive:
         # a reader that went away (| head) is a first Ctrl-C with no grace: nobody watches
-        stdout_events = StdoutEvents(on_closed=lambda: stop_now())
+        stdout_events = StdoutEvents(on_closed=stop_now)
         runtime.listen(stdout_events.write)
         stdout_events.watch()
     if run_id is None:
@@ -235,15 +246,6 @@ def _execute(
         )
 
     runtime.listen(on_code_changed)
-
-    loop_of: list[Any] = []
-    closed: list[bool] = []  # the reader left before the loop ran: it stops as it starts
-
-    def stop_now() -> None:
-        """From the views' thread: start nothing new and stop running steps; resumable."""
-        closed.append(True)
-        if loop_of:
-            loop_of[0].call_soon_threadsafe(lambda: (runtime.stop(), runtime.interrupt()))
 
     def last_words() -> None:
         if live is not None:
