@@ -7,8 +7,16 @@ import threading
 
 from statemachine import State, StateMachine
 from statemachine.exceptions import TransitionNotAllowed
+from statemachine.states import States
 
 from statepipe.errors import IllegalTransition
+from statepipe.lifecycles.states import RUN_FINISHED, RUN_STATES, STEP_STATES
+
+
+def _states(names: tuple[str, ...]) -> States:
+    """A machine's states, from the names states.py lists (the first is the initial one): each
+    state's id and value are its name."""
+    return States({name: State(initial=name == names[0], value=name) for name in names})
 
 
 class RunLifecycle(StateMachine):
@@ -17,23 +25,17 @@ class RunLifecycle(StateMachine):
 
     No state is final: a finished run can be reopened (rerun, resume of a failed run)."""
 
-    pending = State(initial=True, value="pending")
-    running = State(value="running")
-    paused = State(value="paused")
-    waiting = State(value="waiting")
-    succeeded = State(value="succeeded")
-    failed = State(value="failed")
-    cancelled = State(value="cancelled")
+    s = _states(RUN_STATES)
 
-    start = pending.to(running)
-    pause = running.to(paused) | pending.to(paused) | waiting.to(paused)
-    unpause = paused.to(running)
-    await_input = running.to(waiting)
-    wake = waiting.to(running)
-    succeed = running.to(succeeded)
-    fail = running.to(failed)
-    cancel = pending.to(cancelled) | running.to(cancelled) | paused.to(cancelled) | waiting.to(cancelled)
-    reopen = failed.to(running) | succeeded.to(running) | cancelled.to(running)
+    start = s.pending.to(s.running)
+    pause = s.running.to(s.paused) | s.pending.to(s.paused) | s.waiting.to(s.paused)
+    unpause = s.paused.to(s.running)
+    await_input = s.running.to(s.waiting)
+    wake = s.waiting.to(s.running)
+    succeed = s.running.to(s.succeeded)
+    fail = s.running.to(s.failed)
+    cancel = s.pending.to(s.cancelled) | s.running.to(s.cancelled) | s.paused.to(s.cancelled) | s.waiting.to(s.cancelled)
+    reopen = s.failed.to(s.running) | s.succeeded.to(s.running) | s.cancelled.to(s.running)
 
 
 class StepLifecycle(StateMachine):
@@ -42,28 +44,20 @@ class StepLifecycle(StateMachine):
     `interrupt` returns an in-flight attempt's step to pending (its process died or was paused);
     `reset` reopens a finished step when a user invalidates it."""
 
-    pending = State(initial=True, value="pending")
-    running = State(value="running")
-    waiting = State(value="waiting")
-    succeeded = State(value="succeeded")
-    failed = State(value="failed")
-    skipped = State(value="skipped")
-    cancelled = State(value="cancelled")
+    s = _states(STEP_STATES)
 
-    start = pending.to(running) | waiting.to(running)
-    succeed = running.to(succeeded)
-    fail = running.to(failed) | waiting.to(failed)
-    wait = running.to(waiting)
-    skip = pending.to(skipped)
-    interrupt = running.to(pending)
-    cancel = pending.to(cancelled) | running.to(cancelled) | waiting.to(cancelled)
-    reset = succeeded.to(pending) | failed.to(pending) | skipped.to(pending) | cancelled.to(pending)
+    start = s.pending.to(s.running) | s.waiting.to(s.running)
+    succeed = s.running.to(s.succeeded)
+    fail = s.running.to(s.failed) | s.waiting.to(s.failed)
+    wait = s.running.to(s.waiting)
+    skip = s.pending.to(s.skipped)
+    interrupt = s.running.to(s.pending)
+    cancel = s.pending.to(s.cancelled) | s.running.to(s.cancelled) | s.waiting.to(s.cancelled)
+    reset = s.succeeded.to(s.pending) | s.failed.to(s.pending) | s.skipped.to(s.pending) | s.cancelled.to(s.pending)
 
 
-RUN_STATES = tuple(s.value for s in RunLifecycle.states)
-STEP_STATES = tuple(s.value for s in StepLifecycle.states)
-RUN_FINISHED = ("succeeded", "failed", "cancelled")
-STEP_DONE = ("succeeded", "skipped")
+# RUN_FINISHED too, as before the names moved to states.py: `statepipe prune` imports it from here
+__all__ = ["RUN_FINISHED", "Lifecycle", "RunLifecycle", "StepLifecycle", "run_lifecycle", "step_lifecycle"]
 
 
 class _Holder:
