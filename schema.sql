@@ -390,13 +390,15 @@ END $$;
 -- ran out (its worker died: running, the claimer records the attempt abandoned). Each fan-out
 -- is locked while its children are claimed, so its limit holds across workers; a fan-out another
 -- worker is claiming from is passed over. Returns the claimed rows with their run's workflow,
--- input and dry_run, and their parent's overrides and feedback, as a JSON array.
+-- input and dry_run, and their parent's overrides and feedback, as a JSON array. `skip`: run ids
+-- whose children this worker cannot run now (their workflow failed to load here).
 CREATE OR REPLACE FUNCTION statepipe.claim_children(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     wanted text[] := CASE WHEN jsonb_typeof(p->'workflows') = 'array'
                           THEN ARRAY(SELECT jsonb_array_elements_text(p->'workflows')) END;
     own text[] := CASE WHEN jsonb_typeof(p->'runs') = 'array'
                        THEN ARRAY(SELECT jsonb_array_elements_text(p->'runs')) END;
+    passed text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(p->'skip', '[]')));
     room integer := (p->>'limit')::integer;
     f record;
     held integer;
@@ -409,6 +411,7 @@ BEGIN
               WHERE s.distribute IS NOT NULL AND s.item = '' AND s.state = 'running'
                 AND r.state = 'running' AND r.requested IS NULL
                 AND (wanted IS NULL OR r.workflow = ANY (wanted)) AND (own IS NULL OR r.id = ANY (own))
+                AND r.id <> ALL (passed)
               ORDER BY r.created_at FOR UPDATE OF s SKIP LOCKED LOOP
         EXIT WHEN room <= 0;
         SELECT count(*) INTO held FROM statepipe.steps c

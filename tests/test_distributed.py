@@ -226,3 +226,19 @@ def test_the_runs_own_process_killed_mid_fan_out_is_taken_over_and_every_child_s
     assert sorted(done, key=int) == [str(i) for i in range(200)]
     assert all(len(v) == 1 for v in done.values())
     assert store.results([run_id])[run_id]["order"] == list(range(200))
+
+
+def test_a_worker_that_cannot_load_the_workflow_passes_its_children_over_and_says_so_once(spawn, store):
+    broken = spawn("worker", SPREAD_BROKEN_HERE="1")
+    owner = spawn("run", SPREAD, "-i", "width=40", "-i", "seconds=0.05")
+    wait_for(lambda: store.list_runs(limit=1) and store.list_runs(limit=1)[0].state == "succeeded", 60, "the run to succeed", 0.2)
+    assert owner.wait(timeout=30) == 0
+    broken.terminate()
+    assert broken.wait(timeout=30) == 0
+    said = broken.stderr.read() if broken.stderr else ""
+    run_id = store.list_runs(limit=1)[0].id
+    assert said.count(f"run {run_id}: ") == 1, said
+    assert "a module this worker lacks" in said
+    done = _succeeded_attempts(store, run_id)
+    assert len(done) == 40 and all(len(v) == 1 for v in done.values())
+    assert {a.worker.split(":")[1] for v in done.values() for a in v} == {str(owner.pid)}

@@ -37,6 +37,10 @@ STOPS = (*CANCEL_REQUESTS, "pause_now", "ended")  # a run's requests that stop i
 _INPUTS_KEPT = 16  # fan-outs whose upstream outputs a runner keeps decoded
 
 
+class _PassedOver(Exception):
+    """The child's run is passed over here for now (Runtime.set_back)."""
+
+
 @dataclass(eq=False)
 class _Held:
     claim: ChildClaim
@@ -108,7 +112,8 @@ class ChildRunner:
                 free = self.slots - len(self.held)
                 # claimed a few at a time, not one as each child ends: a claim is a transaction
                 if runs != () and free >= min(CLAIM_BATCH, self.slots):
-                    request = ChildClaimRequest(self.runtime.owner, self.runtime.lease_ttl, free, self.workflows, runs)
+                    request = ChildClaimRequest(self.runtime.owner, self.runtime.lease_ttl, free, self.workflows, runs,
+                                                skip=tuple(sorted(self.runtime.passed_over())))
                     try:
                         claims = await asyncio.to_thread(self.runtime.store.claim_children, request)
                     except DatabaseUnavailable as exc:
@@ -178,7 +183,15 @@ class ChildRunner:
 
     async def _attempt(self, held: _Held) -> None:
         c, writer, owner = held.claim, self.runtime.writer, self.runtime.owner
-        wf = self.runtime.definition(c.workflow_ref, c.workflow).workflow
+        try:
+            if c.run_id in self.runtime.passed_over():  # a sibling claimed with it just failed to load
+                raise _PassedOver()
+            wf = self.runtime.definition(c.workflow_ref, c.workflow).workflow
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - as for a run (Runtime._execute_claimed)
+            if not isinstance(exc, _PassedOver):
+                self.runtime.set_back(c.run_id, exc)  # passed over a while; another worker may have the file
+            await asyncio.to_thread(self.runtime.store.release_claims, c.run_id, [held.hold])
+            return
         step = wf[c.name]
         st = StepState(step, c.item, step_lifecycle(c.state, f"{c.name}[{c.item}]"), c.item_index, attempt=c.attempt,
                        error=c.error, started_at=c.started_at)

@@ -16,7 +16,7 @@ import inspect
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -137,8 +137,10 @@ class RunExecutor:
         # distributed fan-outs (engine/distributed.py): their children change in other hands, so
         # they are read again (`_follow`) when a worker says so, at most every FOLLOW_S
         self._followed_at = 0.0
+        self._follow_every = FOLLOW_S
         self._children_changed = True
-        self._elsewhere = 0  # distributed children running, as last read
+        self._unread_request = False  # a request came since the children were last read
+        self._elsewhere: dict[str, int] = {}  # fan-out -> its children running, as last read
         # steps whose decoded output goes once all their dependents have succeeded: not the
         # result's, not a fan-out's source (its items live on in the children)
         kept = set(wf.sinks()) | {s.map_over for s in wf.steps if s.map_over}
@@ -513,7 +515,7 @@ class RunExecutor:
             return
         if kind and kind != self.request and kind in CANCEL_REQUESTS + PAUSE_REQUESTS:
             self.request = kind
-            self._children_changed = True  # what workers started before the request, read after it
+            self._unread_request = True  # what workers started before it, read after it
             if (kind in CANCEL_REQUESTS or kind == "pause_now") and not self.compensations:
                 self._interrupt_tasks()  # an undo action in flight is never cut short: it completes
             self._wake.set()
@@ -606,7 +608,8 @@ class RunExecutor:
 
     def _handle_request(self, change: Change) -> None:
         """Carry out a pause or cancel once no step of ours is running."""
-        if self.request is None or self.tasks or self._elsewhere or self.run_lc.state != "running":
+        busy = self.tasks or self._unread_request or any(self._elsewhere.values())  # (elsewhere: distributed children)
+        if self.request is None or busy or self.run_lc.state != "running":
             return
         now = utcnow()
         if self.request in PAUSE_REQUESTS:
@@ -834,7 +837,7 @@ class RunExecutor:
         if waits:
             timeout = max(0.0, (min(waits) - utcnow()).total_seconds())
         if self._distributing():  # read again once told of a change, and anyway every FOLLOW_POLL_S
-            every = FOLLOW_S if self._children_changed else FOLLOW_POLL_S  # (a notice may be lost)
+            every = self._follow_every if self._children_changed else FOLLOW_POLL_S  # (a notice may be lost)
             timeout = min(timeout if timeout is not None else every, every)
         if not self.tasks and timeout is None and not self.request and not self.runtime.local_children.get(self.run_id):
             if self.failure or any(st.state == "waiting" for st in self._awaiting):
@@ -870,53 +873,62 @@ class RunExecutor:
     def _distributing(self) -> list[StepState]:
         """Distributed fan-outs running, or ended with children still running elsewhere (the run
         ends once they have)."""
-        return [
-            p for p in self.parents.values()
-            if p.step.distribute and (p.state == "running" or any(c.state == "running" for c in p.children))
-        ]
+        return [p for p in self.parents.values() if p.step.distribute and (p.state == "running" or self._elsewhere.get(p.name))]
 
     async def _follow(self, change: Change) -> None:
-        """Read the children of running distributed fan-outs again, when a worker committed one
-        (at most every FOLLOW_S) or FOLLOW_POLL_S passed: one that failed fails its fan-out (once
-        none runs, the run ends), all succeeded join it, with their outputs as stored."""
+        """Learn how running distributed fan-outs fare, when a worker committed one of their
+        children (at most every `_follow_every`) or FOLLOW_POLL_S passed: a failed child fails
+        its fan-out (the run ends once none runs any more), all succeeded join it with their
+        outputs as stored. Counts by state are enough for that; while a request (cancel, pause)
+        is pending the children's rows are read whole, since carrying it out writes them."""
         fanouts = self._distributing()
         if not fanouts:
-            self._elsewhere = 0
+            self._elsewhere.clear()
+            self._unread_request = False
             return
         since = time.monotonic() - self._followed_at
-        if since < (FOLLOW_S if self._children_changed else FOLLOW_POLL_S):
+        if since < (self._follow_every if self._children_changed else FOLLOW_POLL_S) and not self._unread_request:
             return
-        self._children_changed = False
-        self._followed_at = time.monotonic()
+        self._children_changed = self._unread_request = False
+        began = self._followed_at = time.monotonic()
         store = self.runtime.store
-        elsewhere = 0
-        for parent in fanouts:
-            try:
-                rows = await asyncio.to_thread(store.fanout_children, self.run_id, parent.name)
-            except DatabaseUnavailable as exc:
-                log.warning("reading the children of %s in run %s failed: %s", parent.name, self.run_id, exc)
-                return
-            children = {c.item: c for c in parent.children}
-            for row in rows:
-                child = children.get(row.item)
-                if child is None:
+        try:
+            for parent in fanouts:
+                if self.request is not None:
+                    rows = await asyncio.to_thread(store.fanout_children, self.run_id, parent.name)
+                    self._synced(parent, rows)
+                    counts: dict[str, int] = Counter(row.state for row in rows)
+                    failed = next(((c.item, c.error) for c in parent.children if c.state == "failed"), None)
+                else:
+                    counts, failed = await asyncio.to_thread(store.fanout_progress, self.run_id, parent.name)
+                self._elsewhere[parent.name] = counts.get("running", 0)
+                if parent.state != "running":
                     continue
-                if child.state != row.state:
-                    child.lc = step_lifecycle(row.state, child.label)
-                child.attempt, child.error, child.next_attempt_at = row.attempt, row.error, row.next_attempt_at
-                child.started_at, child.finished_at = row.started_at, row.finished_at
-            elsewhere += sum(1 for c in parent.children if c.state == "running")
-            if parent.state != "running":
+                if failed is not None:
+                    self._fail(parent, change, f"item {failed[0]} failed: {failed[1]}")
+                elif counts.get("succeeded", 0) == len(parent.children):
+                    texts = await asyncio.to_thread(store.child_outputs, self.run_id, parent.name)
+                    for child, text in zip(parent.children, texts):
+                        if child.state != "succeeded":
+                            child.lc = step_lifecycle("succeeded", child.label)
+                        child.decoded, child.stored = UNDECODED, text
+                    self._succeed_parent(parent, change)
+        except DatabaseUnavailable as exc:
+            log.warning("following the distributed children of run %s failed: %s", self.run_id, exc)
+        # a wide fan-out's count takes a while: reading it at most a fifth of the time
+        self._follow_every = max(FOLLOW_S, 4 * (time.monotonic() - began))
+
+    def _synced(self, parent: StepState, rows: list[StepRow]) -> None:
+        """A distributed fan-out's children as their rows now say."""
+        children = {c.item: c for c in parent.children}
+        for row in rows:
+            child = children.get(row.item)
+            if child is None:
                 continue
-            failed = next((c for c in parent.children if c.state == "failed"), None)
-            if failed is not None:
-                self._fail(parent, change, f"item {failed.item} failed: {failed.error}")
-            elif all(c.state == "succeeded" for c in parent.children):
-                texts = await asyncio.to_thread(store.child_outputs, self.run_id, parent.name)
-                for child, text in zip(parent.children, texts):
-                    child.decoded, child.stored = UNDECODED, text
-                self._succeed_parent(parent, change)
-        self._elsewhere = elsewhere
+            if child.state != row.state:
+                child.lc = step_lifecycle(row.state, child.label)
+            child.attempt, child.error, child.next_attempt_at = row.attempt, row.error, row.next_attempt_at
+            child.started_at, child.finished_at = row.started_at, row.finished_at
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -1036,7 +1048,7 @@ class RunExecutor:
         self.failure = self.failure or f"step {st.label} failed: {message}"
 
     def _maybe_finish(self, change: Change) -> None:
-        if self.run_lc.state != "running" or self.tasks or self._elsewhere or self.request or self.compensations:
+        if self.run_lc.state != "running" or self.tasks or any(self._elsewhere.values()) or self.request or self.compensations:
             return
         if self.failure:
             if not self._begin_compensation(change, "failed"):

@@ -412,7 +412,7 @@ class Runtime:
             # was away, and a claim would fence their executor out mid-step
             return ClaimRequest(
                 self.owner, self.lease_ttl, limit, workflows=tuple(workflows) if workflows else None,
-                batch_id=batch_id, skip=tuple(sorted(self._passed_over() | active.keys())),
+                batch_id=batch_id, skip=tuple(sorted(self.passed_over() | active.keys())),
             )
 
         def free() -> int:
@@ -522,7 +522,7 @@ class Runtime:
         """Execute a run this worker claimed (`claim`: as claim_runs returned it). A run whose
         execution fails (its code missing or broken here, or a bug that escapes the executor)
         must neither stop the worker nor be claimed again at once: the run is released, and
-        this worker passes it over for a while (see _set_back)."""
+        this worker passes it over for a while (see set_back)."""
         if self._stopping:  # claimed as the worker began to drain: left to another worker
             await asyncio.to_thread(self.store.release, run_id, fence)
             return Outcome(run_id, "interrupted")
@@ -532,12 +532,12 @@ class Runtime:
             log.warning("%s; left to it", exc)
             return Outcome(run_id, "interrupted")
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - SystemExit too: a workflow file calling sys.exit() at import
-            self._set_back(run_id, exc)
+            self.set_back(run_id, exc)
             return Outcome(run_id, "error")
         self._setbacks.pop(run_id, None)
         return outcome
 
-    def _set_back(self, run_id: str, exc: BaseException) -> None:
+    def set_back(self, run_id: str, exc: BaseException) -> None:
         """Pass the run over for SETBACK_S seconds, doubling with each failure in a row up to
         SETBACK_MAX_S: a later attempt may succeed (a fix deployed, the database back), an
         immediate one would fail the same way, over and over. Said on stderr once per reason."""
@@ -551,8 +551,8 @@ class Runtime:
         if last is None or last.reason != reason:
             log.error("run %s: %s; this worker tries it again later, waiting longer each time", run_id, reason)
 
-    def _passed_over(self) -> set[str]:
-        """The runs this worker is not to claim now (see _set_back)."""
+    def passed_over(self) -> set[str]:
+        """The runs this worker is not to claim now (see set_back)."""
         now = time.monotonic()
         return {run_id for run_id, s in self._setbacks.items() if s.until > now}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -25,7 +26,23 @@ def utcnow() -> datetime:
 
 
 def iso(ts: datetime | None) -> str | None:
-    return ts.isoformat() if ts is not None else None
+    """`ts.isoformat()`, written by orjson where its text is the same: 0.4 us against 0.8, and
+    `inspect --json` of a 100,000-child run formats 400,000 timestamps. orjson rounds an offset
+    to whole minutes where isoformat writes its seconds (+00:19:32, a local mean time). The
+    offsets of what the store reads (psycopg's timezone.utc or ZoneInfo of the session's zone)
+    and of utcnow() are whole minutes in UTC, and in every zone of the tz database from 1973 on
+    (Africa/Monrovia's -00:44:30 ended in 1972): isoformat writes the rest, an earlier year or
+    another tzinfo, as a fixed offset may have seconds. Asking each timestamp for its offset
+    instead (utcoffset()) cost half of what orjson saves."""
+    if ts is None:
+        return None
+    zone = ts.tzinfo
+    if zone is timezone.utc or zone is None or (type(zone) is ZoneInfo and ts.year > 1972):
+        try:
+            return orjson.dumps(ts)[1:-1].decode()  # without its quotes
+        except TypeError:  # a subclass of datetime, which orjson refuses
+            pass
+    return ts.isoformat()
 
 
 def _as_text(value: Any) -> Any:
@@ -459,6 +476,7 @@ class ChildClaimRequest:
     limit: int
     workflows: tuple[str, ...] | None = None
     runs: tuple[str, ...] | None = None
+    skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -607,7 +607,7 @@ class Store:
         doc = json_text({
             "owner": request.owner, "lease_s": request.ttl, "limit": request.limit,
             "workflows": list(request.workflows) if request.workflows else None,
-            "runs": list(request.runs) if request.runs is not None else None,
+            "runs": list(request.runs) if request.runs is not None else None, "skip": list(request.skip),
         })
         with self._tx() as conn:
             (rows,) = conn.execute("SELECT statepipe.claim_children(%s::jsonb)", (doc,)).fetchone() or ([],)
@@ -644,6 +644,25 @@ class Store:
                 (run_id, name, item),
             ).fetchall()
         return [AttemptRow(**r) for r in rows]
+
+    def fanout_progress(self, run_id: str, name: str) -> tuple[dict[str, int], tuple[str, str | None] | None]:
+        """How many of a distributed fan-out's children are in each state, and its first failed
+        child (item, error), if any: what its owner follows while other workers run them."""
+        with self._tx() as conn:
+            counts = conn.execute(
+                "SELECT state, count(*) FROM statepipe.steps"
+                " WHERE run_id = %s AND name = %s AND item <> '' AND item_index IS NOT NULL AND compensates IS NULL"
+                " GROUP BY state",
+                (run_id, name),
+            ).fetchall()
+            failed = None
+            if any(state == "failed" for state, _ in counts):
+                failed = conn.execute(
+                    "SELECT item, error FROM statepipe.steps WHERE run_id = %s AND name = %s AND item <> ''"
+                    " AND item_index IS NOT NULL AND compensates IS NULL AND state = 'failed' ORDER BY item_index LIMIT 1",
+                    (run_id, name),
+                ).fetchone()
+        return {str(s): int(n) for s, n in counts}, (str(failed[0]), failed[1]) if failed else None
 
     def fanout_children(self, run_id: str, name: str) -> list[StepRow]:
         """A distributed fan-out's children as they are now (other workers change them), in item

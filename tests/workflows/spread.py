@@ -1,7 +1,8 @@
 """A fan-out whose children any worker may claim (distribute=True), for the distributed fan-out
 tests: each child records which process ran it, can take its time, fail its first attempt
 (`flaky`), fail for good (`broken`), or mark a file while it runs (`marks`: a folder), so a
-test can count how many ran at once."""
+test can count how many ran at once. With SPREAD_BROKEN_HERE set the file fails to import, as a
+deploy half done on one worker would."""
 
 import os
 import time
@@ -9,6 +10,9 @@ import uuid
 from pathlib import Path
 
 from statepipe import RetryPolicy, Workflow
+
+if os.environ.get("SPREAD_BROKEN_HERE"):
+    raise ImportError("spread.py: a module this worker lacks")
 
 wf = Workflow("spread", retry=RetryPolicy(initial_interval=0.05))
 
