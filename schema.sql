@@ -1,4 +1,4 @@
--- statepipe schema, version 9.
+-- statepipe schema, version 10.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -383,7 +383,7 @@ BEGIN
     RETURN claimed;
 END $$;
 
--- v9: a worker's claim of distributed fan-out children (see the v9 columns), as claim_runs is of
+-- v9 (v10: `skip`): a worker's claim of distributed fan-out children (see the v9 columns), as claim_runs is of
 -- runs. `p` holds {owner, lease_s, limit, workflows (null: any), runs (null: any; a `statepipe
 -- run` process helps only its own)}. A child is claimable while its fan-out runs in a running run
 -- nobody asked to stop: pending, waiting for a retry that is due, or held by a claim whose lease
@@ -458,4 +458,4 @@ $$;
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (9) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (10) ON CONFLICT DO NOTHING;

@@ -49,7 +49,7 @@ from statepipe.store.records import (
     result_of,
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 # a list output of more items than PREVIEW_ITEMS, stored in more bytes than PREVIEW_BYTES (more
 # than inspect shows of a value), is previewed (see snapshot)
