@@ -34,6 +34,11 @@ def _succeeded_attempts(store: Any, run_id: str) -> dict[str, list[Any]]:
     return {s.item: [a for a in s.attempts if a.state == "succeeded"] for s in snap.steps if s.name == "square" and s.item}
 
 
+def _under_way(store: Any, run_id: str, done: int) -> None:
+    """Wait until `done` children of the run have succeeded."""
+    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= done, 60, f"{done} children done")
+
+
 def _stop(*workers: subprocess.Popen[str]) -> None:
     for w in workers:
         if w.poll() is None:
@@ -46,7 +51,7 @@ def test_three_workers_share_a_fan_out_and_one_killed_mid_way_loses_only_its_att
     workers = [spawn("worker", **FAST_LEASE) for _ in range(3)]
     run_id = _enqueue(cli, width=300, seconds=0.02)
     # wait until the fan-out is well under way, then kill a worker that holds children
-    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 60, 60, "60 children done")
+    _under_way(store, run_id, 60)
     ran = [a.worker.split(":")[1] for v in _succeeded_attempts(store, run_id).values() for a in v]
     victim = max(workers, key=lambda w: ran.count(str(w.pid)))  # one that is taking children
     assert_alive(*workers)
@@ -162,7 +167,7 @@ def test_a_worker_runs_no_more_children_at_once_than_its_children_option(spawn, 
 def test_cancel_stops_a_distributed_fan_out_and_no_child_starts_after_it(spawn, cli, store):
     worker = spawn("worker")
     run_id = _enqueue(cli, width=200, seconds=0.2)
-    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 5, 60, "children done")
+    _under_way(store, run_id, 5)
     assert cli("cancel", run_id).returncode == 0
     wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)
     states = [s.state for s in store.fanout_children(run_id, "square")]
@@ -176,7 +181,7 @@ def test_cancel_stops_a_distributed_fan_out_and_no_child_starts_after_it(spawn, 
 def test_pause_waits_for_the_running_children_and_resume_finishes_the_fan_out(spawn, cli, store):
     worker = spawn("worker")
     run_id = _enqueue(cli, width=60, seconds=0.1)
-    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 5, 60, "children done")
+    _under_way(store, run_id, 5)
     assert cli("pause", run_id).returncode == 0
     wait_for(lambda: store.get_run(run_id).state == "paused", 60, "the run to pause", 0.2)
     assert "running" not in {s.state for s in store.fanout_children(run_id, "square")}
@@ -218,7 +223,7 @@ def test_the_runs_own_process_killed_mid_fan_out_is_taken_over_and_every_child_s
     owner = spawn("run", SPREAD, "-i", "width=200", "-i", "seconds=0.02", **FAST_LEASE)
     wait_for(lambda: store.list_runs(limit=1), 30, "the run to be created")
     run_id = store.list_runs(limit=1)[0].id
-    wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= 40, 60, "40 children done")
+    _under_way(store, run_id, 40)
     kill9(owner)  # the run's owner, and the children it ran itself
     wait_for(lambda: store.get_run(run_id).state == "succeeded", 120, "a worker to take the run over and end it", 0.2)
     _stop(*workers)
