@@ -37,3 +37,12 @@ def owner_is_dead(owner: str | None) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     return not pid_alive(int(pid_text))
+
+
+def describe_owner(owner: str | None) -> str:
+    """An owner id ("host:pid:tag") as people read it."""
+    if not owner:
+        return ""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return f"pid {pid} on {host}" if pid.isdigit() else owner

@@ -89,6 +89,7 @@ def test_a_worker_killed_mid_child_leaves_the_attempt_abandoned_and_another_work
         abandoned = [a for s in snap.steps if s.name == "square" and s.item for a in s.attempts if a.state == "abandoned"]
         assert len(abandoned) == 4
         assert all(a.error.startswith(f"the process running it died (pid {first.pid} on ") for a in abandoned)
+        assert {a.worker.split(":")[1] for a in abandoned} == {str(first.pid)}  # the attempts the dead worker ran
     finally:
         assert cli("cancel", run_id).returncode == 0
         wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)

@@ -34,15 +34,6 @@ def died_in_row(attempts: Sequence[AttemptRow]) -> int:
     return count
 
 
-def describe_owner(owner: str | None) -> str:
-    """An owner id ("host:pid:tag") as people read it."""
-    if not owner:
-        return ""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    return f"pid {pid} on {host}" if pid.isdigit() else owner
-
-
 def step_kwargs(
     step: Step, ctx: StepContext | None, item: Any, run_input: Mapping[str, Any], overrides: Mapping[str, Any],
     outputs: Mapping[str, Any], output_of: Callable[[str], Any],

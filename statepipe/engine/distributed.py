@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from statepipe.engine.attempt import DIED, call, describe_owner, died_in_row, judge, step_kwargs
+from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS
@@ -23,6 +23,7 @@ from statepipe.engine.steps import StepState, record_attempt, retrying
 from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import ClaimLost, DatabaseUnavailable, NonRetryable, OutputNotSerializable, StatepipeError
 from statepipe.lifecycles import step_lifecycle
+from statepipe.processes import describe_owner
 from statepipe.store.records import Change, ChildClaim, ChildClaimRequest, ChildHold, utcnow
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ class ChildRunner:
         died = died_in_row(attempts) + 1
         who = describe_owner(c.prior)
         reason = DIED + (f" ({who})" if who else "")
-        record_attempt(st, change, "abandoned", self.runtime.owner, error=reason)
+        record_attempt(st, change, "abandoned", c.prior or self.runtime.owner, error=reason)  # the dead one ran it
         change.events.append(st.event("attempt_abandoned", reason=reason, abandoned_in_row=died))
         if died >= limit:
             st.lc.send("fail")

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
-from statepipe.engine.attempt import DIED, call, describe_owner, died_in_row, judge, step_kwargs
+from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
@@ -40,6 +40,7 @@ from statepipe.errors import (
     StepTimeout,
 )
 from statepipe.lifecycles import RUN_FINISHED, STEP_STATES, run_lifecycle, step_lifecycle
+from statepipe.processes import describe_owner
 from statepipe.store.records import (
     Change,
     NewEvent,
@@ -477,7 +478,7 @@ class RunExecutor:
         who = describe_owner(self.prior_owner)
         reason = DIED + (f" ({who})" if who else "")
         limit = self.wf.abandon_limit(st.step)
-        self._record_attempt(st, change, "abandoned", error=reason)
+        record_attempt(st, change, "abandoned", self.prior_owner or self.runtime.owner, error=reason)  # the dead one ran it
         change.events.append(st.event("attempt_abandoned", reason=reason, abandoned_in_row=st.died))
         if st.died >= limit:
             message = (

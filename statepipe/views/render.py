@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from statepipe.processes import describe_owner
 from statepipe.store.records import (
     AttemptRow,
     ListPreview,
@@ -265,8 +266,11 @@ class _Details:
         if len(attempts) <= 1 and all(a.state in ("succeeded", "running") and not a.cached_from for a in attempts):
             return [Text(s.error, style="red")] if s.error and s.state != "succeeded" else []
         traced = [a for a in attempts if getattr(a, "traceback", None)]
+        # which process ran each, once they were several (a distributed child's worker died, say)
+        where = len({a.worker for a in attempts if a.worker}) > 1
         heads = [
-            Text.assemble(f"#{a.number} ", _state(a.state), _cached_note(a), f"  {_took(a)}" if a.finished_at else "")
+            Text.assemble(f"#{a.number} ", _state(a.state), _cached_note(a), f"  {_took(a)}" if a.finished_at else "",
+                          (f"  {describe_owner(a.worker)}", "dim") if where and a.worker else "")
             for a in attempts
         ]
         indent = max((h.cell_len for a, h in zip(attempts, heads) if a.error), default=0)
