@@ -15,6 +15,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +29,11 @@ from statepipe.store.database import open_store  # noqa: E402
 WORKFLOW = str(ROOT / "bench" / "workflows" / "spread_bench.py")
 
 
+OUTPUT = tempfile.TemporaryDirectory(prefix="statepipe-bench-")  # the runs' event files
+
+
 def statepipe(url: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "STATEPIPE_DATABASE_URL": url}
+    env = {**os.environ, "STATEPIPE_DATABASE_URL": url, "STATEPIPE_OUTPUT_DIR": OUTPUT.name}
     return subprocess.Popen([sys.executable, "-m", "statepipe", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 

@@ -27,6 +27,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -155,7 +156,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("STATEPIPE_DATABASE_URL"))
     args = parser.parse_args()
     url = _database(args.database_url)
-    env = {**os.environ, "STATEPIPE_DATABASE_URL": url}
+    work = tempfile.TemporaryDirectory(prefix="statepipe-bench-")  # the runs' event files
+    env = {**os.environ, "STATEPIPE_DATABASE_URL": url, "STATEPIPE_OUTPUT_DIR": work.name}
     port = _port()
     server = subprocess.Popen(
         [sys.executable, "-m", "statepipe", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
