@@ -5,7 +5,7 @@ from its start to its join. `--workers K` starts K `statepipe worker` processes 
 run's own process claims the children alone).
 
     python bench/distributed.py --width 2000 --workers 0,2
-    python bench/distributed.py --width 200 --burn-ms 20 --workers 0,2
+    python bench/distributed.py --width 200 --burn-ms 20 --workers 2 --children 1
 
 Embedded PostgreSQL (or STATEPIPE_DATABASE_URL), in a database of its own."""
 
@@ -38,10 +38,10 @@ def statepipe(url: str, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
-def measure(url: str, width: int, burn_ms: float, workers: int) -> tuple[float, float, set[str]]:
+def measure(url: str, width: int, burn_ms: float, workers: int, children: int) -> tuple[float, float, set[str]]:
     """Seconds per child of the in-process and of the distributed fan-out, and the processes
     that ran distributed children."""
-    started = [statepipe(url, "worker") for _ in range(workers)]
+    started = [statepipe(url, "worker", "--children", str(children)) for _ in range(workers)]
     try:
         time.sleep(1.0 if workers else 0)  # the workers are up and listening
         args = ["run", WORKFLOW, "-i", f"width={width}", "-i", f"burn_ms={burn_ms}"]
@@ -76,13 +76,16 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=2000)
     ap.add_argument("--burn-ms", type=float, default=0.0, help="CPU time each child computes (0: trivial)")
     ap.add_argument("--workers", default="0,2", help="worker processes started, comma-separated cases")
+    ap.add_argument("--children", type=int, default=64, help="each worker's --children (its children at once)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     url = benchdb.fresh_database(os.environ.get("STATEPIPE_DATABASE_URL"), "statepipe_bench_distributed")
-    print(f"width {args.width}, burn {args.burn_ms:g} ms a child, {os.cpu_count()} CPUs; median of {args.repeat}")
+    print(f"width {args.width}, burn {args.burn_ms:g} ms a child, workers' --children {args.children}, {os.cpu_count()} CPUs;"
+          f" median of {args.repeat}")
     print(f"{'workers':>8} {'in-process us/child':>20} {'distributed us/child':>21} {'ratio':>6} {'processes':>10}")
     for workers in (int(w) for w in args.workers.split(",")):
-        rows = sorted((measure(url, args.width, args.burn_ms, workers) for _ in range(args.repeat)), key=lambda r: r[1])
+        rows = sorted((measure(url, args.width, args.burn_ms, workers, args.children) for _ in range(args.repeat)),
+                      key=lambda r: r[1])
         local, spread, ran = rows[len(rows) // 2]
         print(f"{workers:>8} {local * 1e6:>20.0f} {spread * 1e6:>21.0f} {spread / local:>6.2f} {len(ran):>10}")
 

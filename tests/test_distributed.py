@@ -5,6 +5,7 @@ owner waits for them and joins. Real worker processes, real kill -9."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -248,3 +249,19 @@ def test_a_worker_that_cannot_load_the_workflow_passes_its_children_over_and_say
     done = _succeeded_attempts(store, run_id)
     assert len(done) == 40 and all(len(v) == 1 for v in done.values())
     assert {a.worker.split(":")[1] for v in done.values() for a in v} == {str(owner.pid)}
+
+
+def test_a_run_asked_to_stop_lets_the_children_it_runs_itself_finish_and_resumes_later(spawn, cli, store):
+    owner = spawn("run", SPREAD, "-i", "width=40", "-i", "seconds=1")
+    wait_for(lambda: store.list_runs(limit=1), 30, "the run to be created")
+    run_id = store.list_runs(limit=1)[0].id
+    wait_for(lambda: any(s.state == "running" for s in store.fanout_children(run_id, "square")), 30, "children running")
+    running = {s.item for s in store.fanout_children(run_id, "square") if s.state == "running"}
+    owner.send_signal(signal.SIGTERM)
+    assert owner.wait(timeout=60) == 130
+    after = {s.item: s for s in store.fanout_children(run_id, "square")}
+    assert all(after[i].state == "succeeded" for i in running)  # drained, not cut off
+    assert not [s for s in after.values() if s.state == "running"]
+    assert cli("resume", run_id).returncode == 0
+    done = _succeeded_attempts(store, run_id)
+    assert len(done) == 40 and all(len(v) == 1 for v in done.values())

@@ -94,7 +94,7 @@ class ChildRunner:
         for held in self.held.values():
             held.interrupt("pause_now")
 
-    def _wanted(self) -> tuple[str, ...] | None:
+    def wanted(self) -> tuple[str, ...] | None:
         """The runs whose children this runner may claim (None: any)."""
         if not self.own:
             return None
@@ -107,7 +107,7 @@ class ChildRunner:
         try:
             while not self.runtime.stopping and not self._closed:
                 self._wake.clear()
-                runs = self._wanted()
+                runs = self.wanted()
                 if runs == () and not self.held:
                     break
                 free = self.slots - len(self.held)

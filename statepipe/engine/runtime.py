@@ -222,6 +222,7 @@ class Runtime:
             self.executors.pop(run_id, None)
             if not lost and state not in RUN_FINISHED + ("paused", "waiting"):  # those released in their last commit
                 await asyncio.to_thread(self.store.release, run_id, fence)
+            await self._children_done()
         outcome = Outcome(run_id, state, result, final)
         if state in RUN_FINISHED and final is not None and final.parent_run and final.parent_key:
             await asyncio.to_thread(self._tell_parent, final, state, result)
@@ -495,6 +496,16 @@ class Runtime:
         elif not own:  # a worker now: any run's
             self.children.own, self.children.workflows = False, workflows
         return self._children_task
+
+    async def _children_done(self) -> None:
+        """Outside a worker, once no run executing here has distributed fan-outs: the children
+        this process still runs end (a drain lets them finish; an interrupt stops them) before
+        the run's execution returns, so none is cut off with the event loop."""
+        runner, task = self.children, self._children_task
+        if runner is None or task is None or not runner.own or runner.wanted():
+            return
+        runner.close()
+        await task
 
     @property
     def stopping(self) -> bool:
