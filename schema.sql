@@ -1,4 +1,4 @@
--- statepipe schema, version 10.
+-- statepipe schema, version 11.
 -- Applied automatically (under an advisory lock) by statepipe.store.database. Every statement is
 -- idempotent (IF NOT EXISTS, OR REPLACE), so a database at an older version is migrated by
 -- applying this file again; the version row in statepipe.schema_version records where it is.
@@ -240,8 +240,9 @@ BEGIN
     END IF;
     -- v9: a claimed fan-out child's changes (fence null: not the run's owner) are fenced by their
     -- claims instead; `release` ends the claim (the attempt is over); `start` (an attempt begins)
-    -- also needs the run still running with no request pending (a cancel or pause stops the
-    -- children not yet started). The run's owner is told (store.CONTROL_CHANNEL), and the
+    -- also needs the run still running with no request pending (a cancel, a pause, or its owner's
+    -- stop once the run is failing stops the children not yet started) and the fan-out still
+    -- running (v11). The run's owner is told (store.CONTROL_CHANNEL), and the
     -- workers, since a claim let go frees a place.
     IF p ? 'claims' THEN
         WITH held AS (
@@ -252,7 +253,9 @@ BEGIN
                    AS c(run_id text, name text, item text, fence bigint, release boolean, start boolean)
              WHERE s.run_id = c.run_id AND s.name = c.name AND s.item = c.item AND s.claim_fence = c.fence
                AND (NOT c.start OR EXISTS (SELECT 1 FROM statepipe.runs r WHERE r.id = c.run_id
-                                            AND r.state = 'running' AND r.requested IS NULL))
+                                            AND r.state = 'running' AND r.requested IS NULL)
+                                AND EXISTS (SELECT 1 FROM statepipe.steps f WHERE f.run_id = c.run_id AND f.name = c.name
+                                            AND f.item = '' AND f.state = 'running'))
             RETURNING s.run_id, s.name, s.item, c.release)
         SELECT count(*), coalesce(bool_or(release), false), array_agg(DISTINCT run_id),
                coalesce(jsonb_agg(jsonb_build_array(run_id, name, item)), '[]')
@@ -458,4 +461,4 @@ $$;
 DROP FUNCTION IF EXISTS statepipe.append_events(text[], bigint[], integer[], integer[], integer[],
     timestamptz[], text[], text[], text[], integer[], text[]);
 
-INSERT INTO statepipe.schema_version (version) VALUES (10) ON CONFLICT DO NOTHING;
+INSERT INTO statepipe.schema_version (version) VALUES (11) ON CONFLICT DO NOTHING;

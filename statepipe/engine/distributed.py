@@ -34,7 +34,9 @@ log = logging.getLogger("statepipe.distributed")
 
 CLAIM_BATCH = 8  # free slots a busy runner waits for before it claims more
 CLAIM_POLL_S = 1.0  # how often an idle runner looks for children anyway (retries fall due, leases run out)
-STOPS = (*CANCEL_REQUESTS, "pause_now", "ended")  # a run's requests that stop its children mid-attempt
+# what stops a run's children mid-attempt: its requests (pause_now; "stop": its owner's, the run
+# is failing) and its end
+STOPS = (*CANCEL_REQUESTS, "pause_now", "stop", "ended")
 _INPUTS_KEPT = 16  # fan-outs whose upstream outputs a runner keeps decoded
 
 
@@ -136,6 +138,9 @@ class ChildRunner:
 
     def _start(self, claim: ChildClaim) -> None:
         held = _Held(claim, ChildHold(claim.name, claim.item, claim.fence))
+        before = self.held.get((claim.run_id, claim.name, claim.item))
+        if before is not None:  # this worker's own earlier claim ran out (a database outage): it writes nothing
+            before.interrupt("lost")
         self.held[(claim.run_id, claim.name, claim.item)] = held
         task = asyncio.create_task(self._run(held), name=f"{claim.name}[{claim.item}]")
         self._tasks.add(task)

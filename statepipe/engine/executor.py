@@ -141,6 +141,7 @@ class RunExecutor:
         self._follow_every = FOLLOW_S
         self._children_changed = True
         self._unread_request = False  # a request came since the children were last read
+        self._workers_stopped = False  # the run is failing: workers were told to stop its children
         self._elsewhere: dict[str, int] = {}  # fan-out -> its children running, as last read
         # steps whose decoded output goes once all their dependents have succeeded: not the
         # result's, not a fan-out's source (its items live on in the children)
@@ -877,12 +878,19 @@ class RunExecutor:
         return [p for p in self.parents.values() if p.step.distribute and (p.state == "running" or self._elsewhere.get(p.name))]
 
     async def _follow(self, change: Change) -> None:
-        """Learn how running distributed fan-outs fare, when a worker committed one of their
-        children (at most every `_follow_every`) or FOLLOW_POLL_S passed: a failed child fails
-        its fan-out (the run ends once none runs any more), all succeeded join it with their
-        outputs as stored. Counts by state are enough for that; while a request (cancel, pause)
-        is pending the children's rows are read whole, since carrying it out writes them."""
+        """Learn how distributed fan-outs fare, when a worker committed one of their children (at
+        most every `_follow_every`) or FOLLOW_POLL_S passed: a failed child fails its fan-out
+        (the run ends once none runs any more), all succeeded join it with their outputs as
+        stored. Counts by state are enough for that; while a request (cancel, pause) is pending
+        the children's rows are read whole, since carrying it out writes them (every
+        distributed fan-out's, even one that ended: its children in memory are as expanded).
+        Once the run is failing, its workers are told to stop (`_stop_workers`), and children
+        left running by a dead worker are recorded abandoned here, since no worker claims them
+        any more."""
         fanouts = self._distributing()
+        whole = self.request is not None
+        if whole and self._unread_request:
+            fanouts = [p for p in self.parents.values() if p.step.distribute and (p.children or p in fanouts)]
         if not fanouts:
             self._elsewhere.clear()
             self._unread_request = False
@@ -894,14 +902,21 @@ class RunExecutor:
         began = self._followed_at = time.monotonic()
         store = self.runtime.store
         try:
+            if self.failure and self.request is None and not self._workers_stopped:
+                self._workers_stopped = await asyncio.to_thread(store.stop_children, self.run_id)
             for parent in fanouts:
-                if self.request is not None:
+                # nobody claims these children any more: the owner takes those a dead worker left
+                orphans = self.request is not None or self.failure is not None or parent.state != "running"
+                taken = await asyncio.to_thread(store.take_lapsed, self.run_id, parent.name) if orphans else []
+                if whole:
                     rows = await asyncio.to_thread(store.fanout_children, self.run_id, parent.name)
                     self._synced(parent, rows)
                     counts: dict[str, int] = Counter(row.state for row in rows)
+                    counts["running"] = counts.get("running", 0) - len(taken)
                     failed = next(((c.item, c.error) for c in parent.children if c.state == "failed"), None)
                 else:
                     counts, failed = await asyncio.to_thread(store.fanout_progress, self.run_id, parent.name)
+                self._abandon_taken(parent, taken, change)
                 self._elsewhere[parent.name] = counts.get("running", 0)
                 if parent.state != "running":
                     continue
@@ -918,6 +933,23 @@ class RunExecutor:
             log.warning("following the distributed children of run %s failed: %s", self.run_id, exc)
         # a wide fan-out's count takes a while: reading it at most a fifth of the time
         self._follow_every = max(FOLLOW_S, 4 * (time.monotonic() - began))
+
+    def _abandon_taken(self, parent: StepState, taken: list[tuple[StepRow, str | None]], change: Change) -> None:
+        """Children whose worker died mid-attempt, taken by this owner (Store.take_lapsed): the
+        attempt abandoned, naming that worker, and the child back to pending."""
+        children = {c.item: c for c in parent.children}
+        for row, worker in taken:
+            child = children.get(row.item)
+            if child is None:
+                continue
+            child.lc = step_lifecycle("running", child.label)
+            child.attempt, child.started_at = row.attempt, row.started_at
+            who = describe_owner(worker)
+            reason = DIED + (f" ({who})" if who else "")
+            record_attempt(child, change, "abandoned", worker or self.runtime.owner, error=reason)
+            child.lc.send("interrupt")
+            change.steps.append(child.row())
+            change.events.append(child.event("attempt_abandoned", reason=reason))
 
     def _synced(self, parent: StepState, rows: list[StepRow]) -> None:
         """A distributed fan-out's children as their rows now say."""

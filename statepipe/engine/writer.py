@@ -195,7 +195,7 @@ class Writer:
         text, not a million queued objects (memory stays flat while a model streams for hours).
         Any other event of the attempt, or a transition of the run, closes that text, so text
         never moves across an event."""
-        if change.run_id in self._lost:
+        if change.run_id in self._lost and change.fence is not None:  # (a claimed child's is not the owner's)
             return
         events = change.events
         if len(events) == 1 and events[0].type == "output":
@@ -281,7 +281,15 @@ class Writer:
         return False
 
     def _commit(self, batch: list[_Item], claims: list[_ClaimItem]) -> None:
-        batch = _coalesce([i for i in batch if i.change.run_id not in self._lost or not i.soft])
+        batch = [i for i in batch if i.change.run_id not in self._lost or not i.soft or i.change.fence is None]
+        claimed = [i for i in batch if i.change.fence is None]
+        if claimed and len(claimed) < len(batch):
+            # a claimed child's changes are fenced by their claim alone: in the transaction of its
+            # run's owner, a lease the owner lost would take them down with its own
+            self._commit([i for i in batch if i.change.fence is not None], claims)
+            self._commit(claimed, [])
+            return
+        batch = _coalesce(batch)
         if claims:
             batch = self._commit_claiming(batch, claims)
         while batch:
@@ -341,10 +349,14 @@ class Writer:
         return []
 
     def _without(self, batch: list[_Item], lost: str) -> list[_Item]:
-        """The batch without the changes of a run whose lease was lost; their waiters learn it."""
+        """The batch without the owner's changes of a run whose lease was lost; their waiters learn it."""
         self._lost.add(lost)
-        _resolve([(item.future, None, LeaseLost(lost)) for item in batch if item.change.run_id == lost and item.future is not None])
-        return [i for i in batch if i.change.run_id != lost]
+
+        def gone(item: _Item) -> bool:
+            return item.change.run_id == lost and item.change.fence is not None
+
+        _resolve([(item.future, None, LeaseLost(lost)) for item in batch if gone(item) and item.future is not None])
+        return [i for i in batch if not gone(i)]
 
     def _committed(self, batch: list[_Item], results: list[list[Event]]) -> None:
         self.transactions += 1

@@ -49,7 +49,7 @@ from statepipe.store.records import (
     result_of,
 )
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 BIG_VALUE = 64 * 1024  # an output longer than this goes as a parameter of its own
 # a list output of more items than PREVIEW_ITEMS, stored in more bytes than PREVIEW_BYTES (more
 # than inspect shows of a value), is previewed (see snapshot)
@@ -626,14 +626,30 @@ class Store:
         }
 
     def release_claims(self, run_id: str, holds: Sequence[ChildHold]) -> None:
-        """Let go of claims whose attempt never started (the run was asked to stop meanwhile)."""
+        """Let go of claims whose attempt never started (the run was asked to stop meanwhile). A
+        child its dead worker left running stays running, its lease run out: whoever takes it
+        next records that attempt abandoned."""
         with self._tx() as conn:
             conn.execute(
-                "UPDATE statepipe.steps SET claimed_by = NULL, lease_expires_at = NULL"
-                " WHERE run_id = %s AND (name, item, claim_fence) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))"
-                " AND state <> 'running'",
+                "UPDATE statepipe.steps SET claimed_by = CASE WHEN state = 'running' THEN claimed_by END,"
+                " lease_expires_at = CASE WHEN state = 'running' THEN least(lease_expires_at, now()) END"
+                " WHERE run_id = %s AND (name, item, claim_fence) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))",
                 (run_id, [h.name for h in holds], [h.item for h in holds], [h.fence for h in holds]),
             )
+
+    def take_lapsed(self, run_id: str, name: str) -> list[tuple[StepRow, str | None]]:
+        """A distributed fan-out's children left running by workers whose leases ran out, taken
+        by the run's owner when no worker will claim them (the run is being stopped): their
+        fence moves on, so their dead (or cut off) worker can no longer write; each with the
+        worker that ran it. The owner then records their attempts abandoned."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"UPDATE statepipe.steps SET claim_fence = claim_fence + 1"
+                f" WHERE run_id = %s AND name = %s AND item <> '' AND claim_fence IS NOT NULL AND state = 'running'"
+                f" AND lease_expires_at < now() RETURNING {_STEP_COLUMNS}, claimed_by",
+                (run_id, name),
+            ).fetchall()
+        return [(StepRow(*r[:-1]), r[-1]) for r in rows]
 
     def attempts_of(self, run_id: str, name: str, item: str) -> list[AttemptRow]:
         """A step's latest attempts (a claimer counts how many in a row died)."""
@@ -646,13 +662,15 @@ class Store:
         return [AttemptRow(**r) for r in rows]
 
     def fanout_progress(self, run_id: str, name: str) -> tuple[dict[str, int], tuple[str, str | None] | None]:
-        """How many of a distributed fan-out's children are in each state, and its first failed
-        child (item, error), if any: what its owner follows while other workers run them."""
+        """How many of a distributed fan-out's children are in each state ("lapsed": running, its
+        worker's lease run out), and its first failed child (item, error), if any: what its
+        owner follows while other workers run them."""
         with self._tx() as conn:
-            counts = conn.execute(
-                "SELECT state, count(*) FROM statepipe.steps"
+            counts = conn.execute(  # a running child whose lease ran out counts as "lapsed"
+                "SELECT CASE WHEN state = 'running' AND lease_expires_at < now() THEN 'lapsed' ELSE state END, count(*)"
+                " FROM statepipe.steps"
                 " WHERE run_id = %s AND name = %s AND item <> '' AND item_index IS NOT NULL AND compensates IS NULL"
-                " GROUP BY state",
+                " GROUP BY 1",
                 (run_id, name),
             ).fetchall()
             failed = None
@@ -717,6 +735,19 @@ class Store:
             ).fetchone()
             if row and row[0] in ("pending", "running"):
                 conn.execute("SELECT pg_notify(%s, %s)", (RUNNABLE_CHANNEL, run_id))
+
+    def stop_children(self, run_id: str) -> bool:
+        """The run is failing: its workers are to stop its distributed children and claim no
+        more (a "stop" request, which its owner clears when it ends the run). A request already
+        left (a cancel, say) is kept: it stops them too. Returns whether one is left now."""
+        with self._tx() as conn, conn.transaction():
+            row = conn.execute(
+                "UPDATE statepipe.runs SET requested = coalesce(requested, 'stop') WHERE id = %s RETURNING requested",
+                (run_id,),
+            ).fetchone()
+            if row and row[0] == "stop":
+                conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f"{run_id}:stop"))
+        return row is not None
 
     def request(self, run_id: str, kind: str | None) -> None:
         """Leave a control request (pause, pause_now, cancel, cancel_compensate; retry for a
