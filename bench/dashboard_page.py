@@ -50,10 +50,6 @@ def _database(url: str | None) -> str:
     return benchdb.fresh_database(url, BENCH_DB)
 
 
-def _port() -> int:
-    return benchdb.free_port()
-
-
 def _run(env: dict[str, str], items: int, detach: bool, pause: float = 0.0) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "statepipe", "run", str(WIDE), "-i", f"items={items}", "-i", f"pause={pause}",
@@ -128,17 +124,9 @@ def main() -> None:
     env = {**os.environ, "STATEPIPE_DATABASE_URL": url}
     print(f"making a finished run of {args.items:,} children…", file=sys.stderr)
     run_id = _run(env, args.items, detach=False)
-    port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "statepipe", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = benchdb.serve(env)
     store = open_store(url, max_size=2)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         whole = len(httpx.get(f"{base}/api/runs/{run_id}", timeout=60).content)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from populate_runs import DATABASE, database_url
+import benchdb  # noqa: E402 - bench/benchdb.py: the scripts run from this folder
+from populate_runs import DATABASE
 
 LIST_COMMANDS = (["list"], ["list", "--status", "failed"], ["list", "--workflow", "wf_3", "--since", "1d"])
 
@@ -110,7 +111,7 @@ def plans(url: str) -> None:
 
 
 def bench_list(args: argparse.Namespace) -> None:
-    url = database_url(args.database_url, args.database, fresh=False)
+    url = benchdb.database_url(args.database_url, args.database)
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM statepipe.runs").fetchone()
     print(f"{row[0] if row else 0:,} runs in {args.database}\n")
@@ -130,7 +131,7 @@ def bench_list(args: argparse.Namespace) -> None:
 
 def wide_run(args: argparse.Namespace) -> tuple[str, str]:
     """The database and id of a finished fan-out of `width` children, made once."""
-    url = database_url(args.database_url, f"statepipe_bench_wide_{args.width}", fresh=False) if not args.fresh else ""
+    url = benchdb.database_url(args.database_url, f"statepipe_bench_wide_{args.width}") if not args.fresh else ""
     if url:
         try:
             with psycopg.connect(url) as conn:
@@ -140,7 +141,7 @@ def wide_run(args: argparse.Namespace) -> tuple[str, str]:
                 return url, str(row[0])
         except psycopg.Error:  # not made yet
             pass
-    url = database_url(args.database_url, f"statepipe_bench_wide_{args.width}", fresh=True)
+    url = benchdb.fresh_database(args.database_url, f"statepipe_bench_wide_{args.width}")
     print(f"making a {args.width:,}-child run …", file=sys.stderr, flush=True)
     # in a process of its own: a command forked from this one would count its memory as theirs
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -174,7 +175,7 @@ def bench_inspect(args: argparse.Namespace) -> None:
 
 def event_run(args: argparse.Namespace) -> tuple[str, str]:
     """A finished run with `events` events, inserted set-based into a database of its own."""
-    url = database_url(args.database_url, "statepipe_bench_logs", fresh=True)
+    url = benchdb.fresh_database(args.database_url, "statepipe_bench_logs")
     from statepipe.store.database import open_store
 
     open_store(url, max_size=1).pool.close()  # the schema
@@ -235,7 +236,7 @@ def bench_storage(args: argparse.Namespace) -> None:
     print("| children | table | rows | MB | bytes per row |")
     print("|---|---|---|---|---|")
     for width in [int(w) for w in args.widths.split(",")]:
-        url = database_url(args.database_url, "statepipe_bench_storage", fresh=True)
+        url = benchdb.fresh_database(args.database_url, "statepipe_bench_storage")
         execute(url, fanout_workflow(), {"width": width})
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")  # as autovacuum does soon after: dead versions of updated rows reused

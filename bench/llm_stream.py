@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # fake_openai lives with the tests
 
+import benchdb  # noqa: E402 - bench/benchdb.py: the scripts run from this folder
 import psycopg  # noqa: E402
 from fake_openai import FakeOpenAI, Text  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -64,15 +65,6 @@ def stream(ctx) -> int:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def fresh_database(server_url: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    params = psycopg.conninfo.conninfo_to_dict(server_url)
-    params["dbname"] = BENCH_DB
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 class Follower:
@@ -200,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     server_url = resolve_url(args.database_url or os.environ.get("STATEPIPE_DATABASE_URL") or None)
-    db_url = fresh_database(server_url)
+    db_url = benchdb.fresh_database(server_url, BENCH_DB)
     store = open_store(db_url, max_size=8)
     content = "".join(f"{i % 100_000:05d} " for i in range(args.tokens))
     baseline = None if args.no_baseline or args.delay else client_baseline(content, args.server_process)

@@ -17,30 +17,19 @@ import sys
 import time
 from pathlib import Path
 
+import benchdb  # bench/benchdb.py: the scripts run from this folder
 import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from statepipe.store.database import open_store, resolve_url
+from statepipe.store.database import open_store
 
 DATABASE = "statepipe_bench_history"
 BATCH = 100_000  # runs a transaction
 SPACING_S = 31.5  # between two runs' creation: 1,000,000 runs span a year
 WORKFLOWS = 10
 UNFINISHED = 100
-
-
-def database_url(server: str | None, name: str, fresh: bool) -> str:
-    admin = resolve_url(server)
-    if fresh:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 # Run n (0 is the newest) in a batch [lo, hi): its id is a uuid made from n, so runs, steps,
@@ -112,7 +101,7 @@ def main() -> None:
     parser.add_argument("--database", default=DATABASE)
     parser.add_argument("--database-url", default=os.environ.get("STATEPIPE_DATABASE_URL"), help="the server")
     args = parser.parse_args()
-    url = database_url(args.database_url, args.database, fresh=True)
+    url = benchdb.fresh_database(args.database_url, args.database)
     open_store(url, max_size=1).pool.close()  # the schema
     populate(url, args.runs, args.steps, args.events)
     print(url)

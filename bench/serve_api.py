@@ -19,9 +19,7 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import benchdb  # bench/benchdb.py: the scripts run from this folder
 import httpx
 import psycopg
 import workloads as wl  # beside this file, as bench/run.py imports it
-from psycopg import sql
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,15 +70,9 @@ def log(msg: str) -> None:
 
 
 def _database(url: str | None) -> str:
-    from statepipe.store.database import open_store, resolve_url
+    from statepipe.store.database import open_store
 
-    admin = resolve_url(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = BENCH_DB
-    bench_url = psycopg.conninfo.make_conninfo(**params)
+    bench_url = benchdb.fresh_database(url, BENCH_DB)
     open_store(bench_url, max_size=1).pool.close()  # the schema
     return bench_url
 
@@ -92,11 +84,6 @@ def _populate(url: str, runs: int) -> float:
             conn.execute(statement, {"runs": runs})
     return time.perf_counter() - began
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quantiles(samples: list[float]) -> tuple[float, float]:
@@ -175,19 +162,10 @@ def main() -> None:
     (work / "bench-w1.py").write_text(W1_FILE)
     env = {**os.environ, "STATEPIPE_DATABASE_URL": url, "STATEPIPE_WORKFLOWS_PATH": str(work),
            "STATEPIPE_OUTPUT_DIR": str(work / "output")}
-    port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "statepipe", "serve", "--port", str(port)], cwd=work, env=env,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = benchdb.serve(env, cwd=work)
     local = InProcess(url)
     http = OverHttp(base)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         for k in range(2):  # warm-up
             _time_w1(local, k)
             _time_w1(http, k)

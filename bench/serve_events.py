@@ -47,10 +47,6 @@ def _database(url: str | None) -> str:
     return benchdb.fresh_database(url, BENCH_DB)
 
 
-def _port() -> int:
-    return benchdb.free_port()
-
-
 def _lag(line: bytes | str, received: float, since: float) -> float | None:
     """Receipt minus commit for a transition committed after `since`, else None."""
     e = json.loads(line)
@@ -158,18 +154,8 @@ def main() -> None:
     url = _database(args.database_url)
     work = tempfile.TemporaryDirectory(prefix="statepipe-bench-")  # the runs' event files
     env = {**os.environ, "STATEPIPE_DATABASE_URL": url, "STATEPIPE_OUTPUT_DIR": work.name}
-    port = _port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "statepipe", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
+    server, base = benchdb.serve(env)
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         print("| clients | events received | p50 ms | p95 ms | max ms |")
         print("|---|---|---|---|---|")
         for n in [int(c) for c in args.clients.split(",")]:

@@ -12,44 +12,28 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+sys.path.insert(0, str(REPO / "bench"))
+import benchdb  # noqa: E402 - bench/benchdb.py: starting `statepipe serve`
+
 STEP_SECONDS = 4.0  # slow enough that the picture catches children mid-stream
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shoot(url: str) -> None:
     from playwright.sync_api import sync_playwright
 
     env = {**os.environ, "STATEPIPE_DATABASE_URL": url, "STATEPIPE_OUTPUT_DIR": tempfile.mkdtemp(prefix="statepipe-png-")}
-    port = _port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "statepipe", "serve", "--port", str(port)], cwd=REPO, env=env,
-                              stderr=subprocess.DEVNULL)
+    server, base = benchdb.serve(env, cwd=REPO)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         made = subprocess.run([sys.executable, "-m", "statepipe", "run", "building", "-i", f"step_seconds={STEP_SECONDS}", "--detach"],
                               cwd=REPO, env=env, capture_output=True, text=True, check=True)
         run_id = made.stdout.split()[-1]
