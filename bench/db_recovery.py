@@ -21,11 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # own_postgres lives with the tests that also take it down
+
+from own_postgres import OwnPostgres, last_seqs  # noqa: E402
 
 CHAIN = '''
 import time
@@ -49,52 +51,12 @@ for _i in range(1000):
 '''
 
 
-class Server:
-    """A throwaway embedded PostgreSQL, started and stopped from fresh processes (pgserver keeps
-    one handle per process, so a process cannot start a server it has stopped)."""
-
-    def __init__(self, home: Path) -> None:
-        self.env = {**os.environ, "STATEPIPE_HOME": str(home)}
-        self.env.pop("STATEPIPE_DATABASE_URL", None)
-        self.url = ""
-
-    def _embedded(self, call: str) -> subprocess.Popen[str]:
-        code = f"from statepipe.store import embedded; print(embedded.{call})"
-        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env, stdout=subprocess.PIPE, text=True)
-
-    def start(self) -> float:
-        """Start the server; returns the monotonic time it first accepted a connection."""
-        starting = self._embedded("ensure_running().url")
-        accepted = None
-        while self.url and accepted is None and starting.poll() is None:
-            try:
-                psycopg.connect(self.url, connect_timeout=2).close()
-                accepted = time.monotonic()
-            except psycopg.OperationalError:
-                time.sleep(0.01)
-        out, _ = starting.communicate(timeout=60)
-        if starting.returncode != 0:
-            raise SystemExit(f"the PostgreSQL in {self.env['STATEPIPE_HOME']} did not start")
-        self.url = self.url or out.strip()
-        return accepted or time.monotonic()
-
-    def stop(self) -> None:
-        stopping = self._embedded("stop()")
-        if stopping.wait(timeout=60) != 0:
-            raise SystemExit("could not stop PostgreSQL")
-
-
-def last_seqs(conn: psycopg.Connection[Any], run_ids: list[str]) -> list[int]:
-    rows: dict[str, int] = dict(conn.execute("SELECT id, last_seq FROM statepipe.runs WHERE id = ANY(%s)", (run_ids,)).fetchall())
-    return [int(rows.get(r, 0)) for r in run_ids]
-
-
-def statepipe(server: Server, *args: str, **popen: object) -> subprocess.Popen[str]:
+def statepipe(server: OwnPostgres, *args: str, **popen: object) -> subprocess.Popen[str]:
     env = {**server.env, "STATEPIPE_DATABASE_URL": server.url}
     return subprocess.Popen([sys.executable, "-m", "statepipe", *args], cwd=REPO, env=env, text=True, **popen)  # type: ignore[call-overload]
 
 
-def measure(server: Server, chain: Path, outage: float, pause: float) -> tuple[float, float]:
+def measure(server: OwnPostgres, chain: Path, outage: float, pause: float) -> tuple[float, float]:
     """Seconds from the server accepting connections to the next commit of the worker's run and
     of the `statepipe run` process's run."""
     enqueued = statepipe(server, "run", "--detach", str(chain), "-i", f"pause={pause}", stdout=subprocess.PIPE)
@@ -138,7 +100,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="statepipe-recovery-"))
     chain = home / "recovery_chain.py"
     chain.write_text(CHAIN)
-    server = Server(home)
+    server = OwnPostgres(home, os.environ)
     server.start()
     worker = statepipe(server, "worker", "--concurrency", "1", stderr=subprocess.DEVNULL)
     try:

@@ -14,12 +14,9 @@ connection, and owners that died on this machine.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +26,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CLI, REPO, EventReader, all_events, cli_env, is_event
+from conftest import CLI, EventReader, all_events, cli_env, is_event
+from own_postgres import OwnPostgres, last_seqs
 from test_faults import (
     EXPECTED,
     FAULTY,
@@ -48,52 +46,17 @@ from statepipe.store.records import ClaimRequest
 HOST = socket.gethostname()
 
 
-class OwnServer:
-    """A PostgreSQL for one test: pgserver's binary in a temporary data directory, started and
-    stopped from fresh processes (pgserver keeps one handle per process, so a process cannot
-    start again a server it stopped)."""
-
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="statepipe-recovery-"))
-        self.env = cli_env(STATEPIPE_HOME=str(self.home))
-        self.env.pop("STATEPIPE_DATABASE_URL", None)
-        self.url = ""
-
-    def _embedded(self, call: str) -> subprocess.Popen[str]:
-        code = f"from statepipe.store import embedded; print(embedded.{call})"
-        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=self.env, stdout=subprocess.PIPE, text=True)
-
-    def start(self) -> float:
-        """Start the server; the monotonic time it first accepted a connection."""
-        starting = self._embedded("ensure_running().url")
-        accepted = None
-        while self.url and accepted is None and starting.poll() is None:
-            try:
-                psycopg.connect(self.url, connect_timeout=2).close()
-                accepted = time.monotonic()
-            except psycopg.OperationalError:
-                time.sleep(0.01)
-        out, _ = starting.communicate(timeout=60)
-        assert starting.returncode == 0, "the test's PostgreSQL did not start"
-        self.url = self.url or out.strip()
-        return accepted or time.monotonic()
-
-    def stop(self) -> None:
-        assert self._embedded("stop()").wait(timeout=60) == 0
-
-    def close(self) -> None:
-        self._embedded("stop()").wait(timeout=60)
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 @pytest.fixture
-def own_server() -> Iterator[OwnServer]:
-    server = OwnServer()
+def own_server(tmp_path: Path) -> Iterator[OwnPostgres]:
+    server = OwnPostgres(tmp_path / "pg-home", cli_env())
     server.start()
     try:
         yield server
     finally:
-        server.close()
+        try:
+            server.stop()
+        except RuntimeError:  # stopped by the test, or never up
+            pass
 
 
 CHAIN = '''
@@ -118,17 +81,12 @@ for _i in range({steps}):
 '''
 
 
-def _last_seqs(conn: psycopg.Connection[Any], run_ids: list[str]) -> list[int]:
-    rows: dict[str, int] = dict(conn.execute("SELECT id, last_seq FROM statepipe.runs WHERE id = ANY (%s)", (run_ids,)).fetchall())
-    return [int(rows.get(r, 0)) for r in run_ids]
-
-
 @pytest.mark.parametrize(
     "pool_timeout, outage",
     [pytest.param(2, 4, id="4s"), pytest.param(30, 35, id="35s", marks=pytest.mark.slow)],
 )
 def test_a_worker_and_a_run_process_carry_on_once_postgres_is_back_from_an_outage_longer_than_the_pool_timeout(
-    own_server: OwnServer, tmp_path: Path, pool_timeout: int, outage: float
+    own_server: OwnPostgres, tmp_path: Path, pool_timeout: int, outage: float
 ) -> None:
     """The outage is also longer than the lease (3 s), which lapses meanwhile: each run stays
     with its owner (the worker takes only the `queued` workflow, so not the `run` process's run)."""
@@ -149,15 +107,15 @@ def test_a_worker_and_a_run_process_carry_on_once_postgres_is_back_from_an_outag
         reader = EventReader(here)
         run_ids = [queued, reader.run_id]
         with psycopg.connect(own_server.url, autocommit=True) as conn:
-            wait_for(lambda: assert_alive(worker, here) or min(_last_seqs(conn, run_ids)) >= 8, 60, "both runs under way")
+            wait_for(lambda: assert_alive(worker, here) or min(last_seqs(conn, run_ids)) >= 8, 60, "both runs under way")
         own_server.stop()
         time.sleep(outage)
         accepted = own_server.start()
         recovered: list[float | None] = [None, None]
         with psycopg.connect(own_server.url, autocommit=True) as conn:
-            seen = _last_seqs(conn, run_ids)  # the first connection since the restart: nothing newer
+            seen = last_seqs(conn, run_ids)  # the first connection since the restart: nothing newer
             while None in recovered:
-                for i, seq in enumerate(_last_seqs(conn, run_ids)):
+                for i, seq in enumerate(last_seqs(conn, run_ids)):
                     if recovered[i] is None and seq > seen[i]:
                         recovered[i] = time.monotonic() - accepted
                 assert time.monotonic() < accepted + 120, "no commit in 120 s since the server was back"
