@@ -19,7 +19,7 @@ from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS
-from statepipe.engine.steps import StepState, record_attempt, retrying
+from statepipe.engine.steps import StepState, abandoned, cancelled, record_attempt, retrying
 from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import ClaimLost, DatabaseUnavailable, NonRetryable, OutputNotSerializable, StatepipeError
 from statepipe.lifecycles import step_lifecycle
@@ -260,23 +260,16 @@ class ChildRunner:
     def _ended_badly(self, st: StepState, end: Change, error: BaseException, stop: str | None, wf: Workflow) -> None:
         owner = self.runtime.owner
         if isinstance(error, StepInterrupted) and stop in CANCEL_REQUESTS + ("ended",):
-            st.lc.send("cancel")
-            st.finished_at = utcnow()
-            record_attempt(st, end, "cancelled", owner, error="cancelled")
-            end.steps.append(st.row())
-            end.events.append(st.event("step_cancelled"))
+            cancelled(st, end, owner)
             return
-        if isinstance(error, StepInterrupted):  # pause --now, or this worker shutting down now
-            st.lc.send("interrupt")
-            record_attempt(st, end, "abandoned", owner, error="interrupted")
-            end.steps.append(st.row())
-            end.events.append(st.event("attempt_abandoned", reason="interrupted"))
+        if isinstance(error, StepInterrupted):  # pause --now, the run failing, or this worker shutting down now
+            abandoned(st, end, owner, "interrupted")
             return
         if isinstance(error, AwaitingInput):
             error = NonRetryable("ctx.wait_for and ctx.run_workflow are not available in a distributed step")
         failure = judge(wf, st.step, error, st.attempt)
         if failure.delay is not None:
-            retrying(st, end, failure, lambda s_, ch, state, **k: record_attempt(s_, ch, state, owner, **k))
+            retrying(st, end, failure, owner)
             return
         st.lc.send("fail")
         st.error = failure.message

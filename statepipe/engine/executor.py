@@ -28,7 +28,7 @@ from statepipe.engine.context import HookContext, StepContext, StepInterrupted
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.engine.rerun import RerunPlan
-from statepipe.engine.steps import UNDECODED, StepState, record_attempt, retrying
+from statepipe.engine.steps import UNDECODED, StepState, abandoned, cancelled, record_attempt, retrying
 from statepipe.engine.threads import ThreadCall
 from statepipe.engine.tracebacks import error_text
 from statepipe.engine.waits import AwaitingInput
@@ -150,6 +150,8 @@ class RunExecutor:
         self._position = {s.name: i for i, s in enumerate(wf.steps)}
         self._consumers = {name: deps for name, deps in self._dependents.items() if name not in kept and deps}
         self._load(snap)
+        # asked every round: a run without any pays for an empty list, not a walk of its steps
+        self._distributed = [p for p in self.parents.values() if p.step.distribute]
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -464,11 +466,8 @@ class RunExecutor:
         }))
 
     def _abandon(self, st: StepState, change: Change, reason: str) -> None:
-        st.lc.send("interrupt")
+        abandoned(st, change, self.runtime.owner, reason)
         self._reopened(st)
-        self._record_attempt(st, change, "abandoned", error=reason)
-        change.steps.append(st.row())
-        change.events.append(st.event("attempt_abandoned", reason=reason))
 
     def _recover_died(self, st: StepState, change: Change) -> None:
         """An attempt its process left running: abandoned. Several in a row are a crash loop
@@ -875,7 +874,7 @@ class RunExecutor:
     def _distributing(self) -> list[StepState]:
         """Distributed fan-outs running, or ended with children still running elsewhere (the run
         ends once they have)."""
-        return [p for p in self.parents.values() if p.step.distribute and (p.state == "running" or self._elsewhere.get(p.name))]
+        return [p for p in self._distributed if p.state == "running" or self._elsewhere.get(p.name)]
 
     async def _follow(self, change: Change) -> None:
         """Learn how distributed fan-outs fare, when a worker committed one of their children (at
@@ -890,7 +889,7 @@ class RunExecutor:
         fanouts = self._distributing()
         whole = self.request is not None
         if whole and self._unread_request:
-            fanouts = [p for p in self.parents.values() if p.step.distribute and (p.children or p in fanouts)]
+            fanouts = [p for p in self._distributed if p.children or p in fanouts]
         if not fanouts:
             self._elsewhere.clear()
             self._unread_request = False
@@ -945,11 +944,7 @@ class RunExecutor:
             child.lc = step_lifecycle("running", child.label)
             child.attempt, child.started_at = row.attempt, row.started_at
             who = describe_owner(worker)
-            reason = DIED + (f" ({who})" if who else "")
-            record_attempt(child, change, "abandoned", worker or self.runtime.owner, error=reason)
-            child.lc.send("interrupt")
-            change.steps.append(child.row())
-            change.events.append(child.event("attempt_abandoned", reason=reason))
+            abandoned(child, change, worker or self.runtime.owner, DIED + (f" ({who})" if who else ""))
 
     def _synced(self, parent: StepState, rows: list[StepRow]) -> None:
         """A distributed fan-out's children as their rows now say."""
@@ -987,18 +982,14 @@ class RunExecutor:
             return
         if isinstance(error, StepInterrupted) or (self._interrupted and isinstance(error, asyncio.CancelledError)):
             if self.request in CANCEL_REQUESTS and st.undoes is None:
-                st.lc.send("cancel")
-                st.finished_at = utcnow()
-                self._record_attempt(st, change, "cancelled", error="cancelled")
-                change.steps.append(st.row())
-                change.events.append(st.event("step_cancelled"))
+                cancelled(st, change, self.runtime.owner)
             else:
                 self._abandon(st, change, self.failure if self.failure and "timed out" in self.failure else "interrupted")
             return
         failure = judge(self.wf, st.step, error, st.attempt - st.suspended)  # an attempt that waited for input is no try
         if failure.delay is not None:  # while draining too: resume keeps the wait
             self._waiting.add(st)
-            retrying(st, change, failure, self._record_attempt)
+            retrying(st, change, failure, self.runtime.owner)
             self._hook("on_retry", step=st.name, item=st.item_or_none, attempt=st.attempt, error=failure.message,
                        delay_s=failure.delay)
             return

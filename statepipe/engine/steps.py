@@ -5,7 +5,6 @@ distributed children (engine/distributed.py)."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -127,14 +126,13 @@ def record_attempt(
     return usage
 
 
-def retrying(st: StepState, change: Change, failure: Failure, record: Callable[..., Any]) -> None:
-    """A failed attempt whose step tries again after `failure.delay`: recorded (by `record`, as
-    RunExecutor._record_attempt), the step waiting."""
+def retrying(st: StepState, change: Change, failure: Failure, worker: str) -> None:
+    """A failed attempt whose step tries again after `failure.delay`: recorded, the step waiting."""
     assert failure.delay is not None
     st.lc.send("wait")
     st.error = failure.message
     st.next_attempt_at = utcnow() + timedelta(seconds=failure.delay)
-    record(st, change, "failed", error=failure.message, trace=failure.trace)
+    record_attempt(st, change, "failed", worker, error=failure.message, trace=failure.trace)
     change.steps.append(st.row())
     if st.ctx is not None and st.ctx.emitted:  # readers drop this attempt's streamed text
         change.events.append(st.event("attempt_abandoned", reason=failure.message, retrying=True))
@@ -142,3 +140,21 @@ def retrying(st: StepState, change: Change, failure: Failure, record: Callable[.
         "step_retrying", error=failure.message, **failure.located, delay_s=round(failure.delay, 3),
         next_attempt_at=st.next_attempt_at.isoformat(),
     ))
+
+
+def cancelled(st: StepState, change: Change, worker: str) -> None:
+    """An attempt a cancel stopped: recorded cancelled, and the step with it."""
+    st.lc.send("cancel")
+    st.finished_at = utcnow()
+    record_attempt(st, change, "cancelled", worker, error="cancelled")
+    change.steps.append(st.row())
+    change.events.append(st.event("step_cancelled"))
+
+
+def abandoned(st: StepState, change: Change, worker: str, reason: str, **data: Any) -> None:
+    """An attempt stopped before its end (pause --now, a shutdown, its process died): recorded
+    abandoned, the step pending to run again."""
+    record_attempt(st, change, "abandoned", worker, error=reason)
+    st.lc.send("interrupt")
+    change.steps.append(st.row())
+    change.events.append(st.event("attempt_abandoned", reason=reason, **data))

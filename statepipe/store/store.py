@@ -120,6 +120,13 @@ _RUN_COLUMNS = """
 # a step's and an attempt's columns, in the order of their records' fields (built from them)
 _STEP_COLUMNS = ", ".join(f.name for f in fields(StepRow) if f.name != "attempts")
 _ATTEMPT_COLUMNS = ", ".join(f.name for f in fields(AttemptRow) if f.name not in ("step", "item"))
+# a fan-out's children's outputs (their JSON text; null: not succeeded), in item order
+_CHILD_OUTPUTS = (
+    "SELECT a.output::text FROM statepipe.steps s LEFT JOIN statepipe.attempts a"
+    "  ON a.run_id = s.run_id AND a.step = s.name AND a.item = s.item AND a.number = s.attempt AND a.state = 'succeeded'"
+    " WHERE s.run_id = %s AND s.name = %s AND s.item <> '' AND s.compensates IS NULL AND s.item_index IS NOT NULL"
+    " ORDER BY s.item_index"
+)
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")  # may be an integer past 64 bits, which orjson reads as a float
 
 
@@ -714,14 +721,7 @@ class Store:
     def child_outputs(self, run_id: str, name: str) -> list[str | None]:
         """The stored JSON of a fan-out's children's outputs, in item order (None: none yet)."""
         with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT a.output::text FROM statepipe.steps s LEFT JOIN statepipe.attempts a"
-                "  ON a.run_id = s.run_id AND a.step = s.name AND a.item = s.item AND a.number = s.attempt"
-                "  AND a.state = 'succeeded'"
-                " WHERE s.run_id = %s AND s.name = %s AND s.item <> '' AND s.compensates IS NULL"
-                "  AND s.item_index IS NOT NULL ORDER BY s.item_index",
-                (run_id, name),
-            ).fetchall()
+            rows = conn.execute(_CHILD_OUTPUTS, (run_id, name)).fetchall()
         return [t for (t,) in rows]
 
     def release(self, run_id: str, fence: int) -> None:
@@ -1027,12 +1027,7 @@ class RunReader:
 
     def children_outputs(self, name: str) -> Iterator[Any]:
         yield from (r[0] for r in self._cursor(
-            "SELECT a.output::text FROM statepipe.steps s LEFT JOIN statepipe.attempts a"
-            "  ON a.run_id = s.run_id AND a.step = s.name AND a.item = s.item AND a.number = s.attempt"
-            "  AND a.state = 'succeeded'"
-            " WHERE s.run_id = %s AND s.name = %s AND s.item <> '' AND s.compensates IS NULL AND s.item_index IS NOT NULL"
-            " ORDER BY s.item_index",
-            (self.run.id, name), decode=[0],
+            _CHILD_OUTPUTS, (self.run.id, name), decode=[0],
         ))
 
     def steps(self) -> Iterator[StepRow]:
