@@ -62,7 +62,7 @@ def test_a_detached_parent_and_its_children_run_on_workers(cli):
     worker = cli("worker", "--until-idle", "--concurrency", "4", timeout=120, **ENV)
     assert worker.returncode == 0, worker.stderr
     doc = _doc(cli, run_id)
-    assert doc["run"]["state"] == "succeeded" and doc["run"]["result"] == 32
+    assert doc["run"]["state"] == "succeeded" and doc["run"]["result"] == 32, worker.stderr
     assert len(doc["child_runs"]) == 4
 
 

@@ -664,3 +664,19 @@ def test_a_commit_after_a_refused_value_still_finds_its_prepared_statement(store
     store.get_run(run_id)  # any statement: psycopg's deallocation rides with it
     ((event,),) = store.commit([Change(run_id, 1, [NewEvent("progress", data={"message": "after"})])])
     assert event.data == {"message": "after"}
+
+
+def test_a_claim_riding_with_a_commit_after_a_refused_value_prepares_what_was_lost(store):
+    """The same deallocation, met by a commit that carries a worker's claim: the claim's statement
+    is prepared afresh, the commit's is found missing, and the retry prepares it again without
+    tripping over the claim's, which survived (a worker once passed its run over for this)."""
+    (run_id,) = _runs(store, 1, 1)
+    assert store.commit([Change(run_id, 1, [NewEvent("progress", data={"message": "before"})])])
+    store.send_input(run_id, "x", "1", NewEvent("input_sent", data={"name": "x"}))
+    with pytest.raises(ConflictError):
+        store.send_input(run_id, "x", "2", NewEvent("input_sent", data={"name": "x"}))
+    store.get_run(run_id)
+    ((event,),), (claimed,) = store.commit_and_claim(
+        [Change(run_id, 1, [NewEvent("progress", data={"message": "after"})])], [ClaimRequest("w:1", 30.0, 1)]
+    )
+    assert event.data == {"message": "after"} and claimed == []

@@ -1222,7 +1222,12 @@ def _prepared(conn: psycopg.Connection[Any], name: bytes, param: bytes) -> Calla
     poolers that track prepared statements follow)."""
     done = _PREPARED.setdefault(conn, set())
     if name not in done:
-        _execute(conn, [lambda pg: pg.send_prepare(name, _STATEMENTS[name])])
+        try:
+            _execute(conn, [lambda pg: pg.send_prepare(name, _STATEMENTS[name])])
+        except psycopg.errors.DuplicatePreparedStatement:
+            # our record was dropped whole when another of our statements went missing, this
+            # one survived; the name is only ever given to this text
+            pass
         done.add(name)
     return lambda pg: pg.send_query_prepared(name, [param])
 
