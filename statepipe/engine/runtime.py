@@ -473,7 +473,9 @@ class Runtime:
                     log.warning("cannot claim runs: %s", exc)
                 for claim in claimed:
                     start(claim.run.id, claim.run.fencing_token, claim)
-                if until_idle and not active and not claimed and not refills:
+                # set meanwhile: a run ended while this claim passed it over as active, say,
+                # and may be claimable now (a parent its last child woke)
+                if until_idle and not active and not claimed and not refills and not runnable.is_set():
                     break
                 # a slot freeing up or a notice sets it; with room for more, poll as well
                 await _until(runnable, poll if free() > 0 else None)
