@@ -159,20 +159,26 @@ def test_a_step_abandoned_twice_in_a_row_waits_its_backoff_before_running_again(
     ]
 
 
+def _kill_mid_seed(proc: Any) -> str:
+    """kill -9 a piped `run` or `resume` of crashy once its first step has begun; its run's id."""
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["type"] == "step_started" and event["step"] == "seed":
+            time.sleep(0.3)  # a quarter into the step's second
+            proc.kill()
+            proc.wait()
+            return str(event["run_id"])
+    raise AssertionError(f"seed never started: {proc.stderr.read()}")
+
+
 def test_killing_a_run_twice_in_a_row_does_not_fail_it(cli, spawn):
-    slow = workflow_path("crashy")
-    proc = spawn("run", slow, "-i", "pause=2")
-    run_id = json.loads(proc.stdout.readline())["run_id"]  # type: ignore[union-attr]
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
-    proc = spawn("resume", run_id)
-    time.sleep(1.5)
-    proc.kill()
-    proc.wait()
+    run_id = _kill_mid_seed(spawn("run", workflow_path("crashy"), "-i", "pause=1", "-i", "items=1"))
+    _kill_mid_seed(spawn("resume", run_id))
     done = cli("resume", run_id, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert _inspect(cli, run_id)["run"]["state"] == "succeeded"
+    doc = _inspect(cli, run_id)
+    assert doc["run"]["state"] == "succeeded"
+    assert [state for state, _ in _attempts(doc, "seed")] == ["abandoned", "abandoned", "succeeded"]
 
 
 # -- 4-6. input files ----------------------------------------------------------------------------
