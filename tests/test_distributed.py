@@ -4,6 +4,7 @@ owner waits for them and joins. Real worker processes, real kill -9."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -265,3 +266,28 @@ def test_a_run_asked_to_stop_lets_the_children_it_runs_itself_finish_and_resumes
     assert cli("resume", run_id).returncode == 0
     done = _succeeded_attempts(store, run_id)
     assert len(done) == 40 and all(len(v) == 1 for v in done.values())
+
+
+def _hook_calls(cli: Any, tmp_path: Path, fail: str) -> tuple[int, list[dict[str, Any]]]:
+    log = tmp_path / "hooks.jsonl"
+    done = cli("run", workflow_path("spread_hooks"), "-i", f"fail={fail}", "-i", f"hook_log={log}")
+    return done.returncode, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_a_distributed_childs_progress_and_retry_call_the_workflows_hooks(cli, tmp_path):
+    code, calls = _hook_calls(cli, tmp_path, "flaky")
+    assert code == 0
+    progress = sorted((c["meta"]["item"], c["meta"]["message"]) for c in calls if c["hook"] == "on_progress")
+    assert progress == [("0", "checking 0"), ("1", "checking 1"), ("1", "checking 1"), ("2", "checking 2")]
+    (retry,) = [c["meta"] for c in calls if c["hook"] == "on_retry"]
+    assert retry == {"step": "check", "item": "1", "attempt": 1, "error": "ConnectionError: item 1: transient", "delay_s": 0.05}
+    assert not [c for c in calls if c["hook"] == "on_error"]
+
+
+def test_a_distributed_child_that_fails_calls_on_error_as_its_fan_out_does(cli, tmp_path):
+    code, calls = _hook_calls(cli, tmp_path, "broken")
+    assert code == 1
+    errors = {(c["meta"]["step"], c["meta"]["item"]): c["meta"] for c in calls if c["hook"] == "on_error"}
+    assert errors[("check", "2")] == {"step": "check", "item": "2", "attempt": 2, "error": "ValueError: item 2 is broken"}
+    assert errors[("check", None)]["error"] == "item 2 failed: ValueError: item 2 is broken"
+    assert [c["meta"]["attempt"] for c in calls if c["hook"] == "on_retry" and c["meta"]["item"] == "2"] == [1]

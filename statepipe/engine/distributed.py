@@ -13,10 +13,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
+from statepipe.engine.hooks import call_hook, run_hook
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS
 from statepipe.engine.steps import StepState, abandoned, cancelled, record_attempt, retrying
@@ -24,7 +26,7 @@ from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import ClaimLost, DatabaseUnavailable, NonRetryable, OutputNotSerializable, StatepipeError
 from statepipe.lifecycles import step_lifecycle
 from statepipe.processes import describe_owner
-from statepipe.store.records import Change, ChildClaim, ChildClaimRequest, ChildHold, utcnow
+from statepipe.store.records import Change, ChildClaim, ChildClaimRequest, ChildHold, NewEvent, utcnow
 
 if TYPE_CHECKING:
     from statepipe.definition.workflow import Workflow
@@ -204,6 +206,7 @@ class ChildRunner:
         start = Change(c.run_id, None, [], claims=[replace(held.hold, start=True)])
         if st.state == "running" and not await self._died(held, st, start, wf.abandon_limit(step)):
             await writer.committed(replace(start, claims=[replace(held.hold, release=True)]))
+            await self._hook(c, wf, "on_error", st, error=st.error)
             return
         previous = st.error
         st.lc.send("start")
@@ -214,7 +217,7 @@ class ChildRunner:
         await writer.committed(start)
 
         held.ctx = st.ctx = StepContext(
-            c.run_id, c.name, c.item, st.attempt, c.input, lambda e: writer.publish(Change(c.run_id, None, [e])),
+            c.run_id, c.name, c.item, st.attempt, c.input, partial(self._publish, c, wf),
             dry_run=c.dry_run, last_error=previous, feedback=c.feedback,
         )
         held.began = time.monotonic()
@@ -253,30 +256,52 @@ class ChildRunner:
                 if usage is not None:
                     data["usage"] = usage
                 end.events.append(st.event("step_succeeded", **data))
+        hook: tuple[str, dict[str, Any]] | None = None
         if error is not None:
-            self._ended_badly(st, end, error, held.stop, wf)
+            hook = self._ended_badly(st, end, error, held.stop, wf)
         await writer.committed(end)
+        if hook is not None:  # as the executor calls them: once what they report is committed
+            await self._hook(c, wf, hook[0], st, **hook[1])
 
-    def _ended_badly(self, st: StepState, end: Change, error: BaseException, stop: str | None, wf: Workflow) -> None:
+    def _ended_badly(
+        self, st: StepState, end: Change, error: BaseException, stop: str | None, wf: Workflow
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Record how the attempt ended; the hook this calls for, with what it is told beyond the step."""
         owner = self.runtime.owner
         if isinstance(error, StepInterrupted) and stop in CANCEL_REQUESTS + ("ended",):
             cancelled(st, end, owner)
-            return
+            return None
         if isinstance(error, StepInterrupted):  # pause --now, the run failing, or this worker shutting down now
             abandoned(st, end, owner, "interrupted")
-            return
+            return None
         if isinstance(error, AwaitingInput):
             error = NonRetryable("ctx.wait_for and ctx.run_workflow are not available in a distributed step")
         failure = judge(wf, st.step, error, st.attempt)
         if failure.delay is not None:
             retrying(st, end, failure, owner)
-            return
+            return "on_retry", {"error": failure.message, "delay_s": failure.delay}
         st.lc.send("fail")
         st.error = failure.message
         st.finished_at = utcnow()
         record_attempt(st, end, "failed", owner, error=failure.message, trace=failure.trace)
         end.steps.append(st.row())
         end.events.append(st.event("step_failed", error=failure.message, **failure.located, optional=st.step.optional))
+        return "on_error", {"error": failure.message}
+
+    def _publish(self, c: ChildClaim, wf: Workflow, event: NewEvent) -> None:
+        """What the child's context publishes (its progress, chunks, partial objects); a progress
+        event calls the on_progress hook here, as the executor does for the steps it runs."""
+        self.runtime.writer.publish(Change(c.run_id, None, [event]))
+        if event.type == "progress" and "on_progress" in wf.hooks:
+            meta = {"step": event.step, "item": event.item, **event.data}
+            call_hook(wf, c.run_id, c.input, "on_progress", meta, partial(self._publish, c, wf))
+
+    async def _hook(self, c: ChildClaim, wf: Workflow, name: str, st: StepState, **meta: Any) -> None:
+        """The child's on_retry or on_error hook, called on this worker (the run's owner counts
+        its children, it does not see each one fail); a hook's failure goes to the run's log."""
+        if name in wf.hooks:
+            meta = {"step": st.name, "item": st.item_or_none, "attempt": st.attempt, **meta}
+            await run_hook(wf, c.run_id, c.input, name, meta, partial(self._publish, c, wf))
 
     async def _died(self, held: _Held, st: StepState, change: Change, limit: int) -> bool:
         """A child found running: the worker that held it died mid-attempt (its lease ran out).

@@ -17,20 +17,20 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
-from statepipe.engine.context import HookContext, StepContext, StepInterrupted
+from statepipe.engine.context import StepContext, StepInterrupted
+from statepipe.engine.hooks import call_hook, run_hook
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.engine.rerun import RerunPlan
 from statepipe.engine.steps import UNDECODED, StepState, abandoned, cancelled, record_attempt, retrying
 from statepipe.engine.threads import ThreadCall
-from statepipe.engine.tracebacks import error_text
 from statepipe.engine.waits import AwaitingInput
 from statepipe.errors import (
     ConflictError,
@@ -51,7 +51,6 @@ from statepipe.store.records import (
     StepRow,
     utcnow,
 )
-from statepipe.store.storable import mended
 from statepipe.store.store import BIG_VALUE
 
 if TYPE_CHECKING:
@@ -824,7 +823,8 @@ class RunExecutor:
     def _publish(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
         if event.type == "progress" and "on_progress" in self.wf.hooks:
-            self._call_hook("on_progress", {"step": event.step, "item": event.item, **event.data}, self._publish_late)
+            meta = {"step": event.step, "item": event.item, **event.data}
+            call_hook(self.wf, self.run_id, self.input, "on_progress", meta, self._publish_late)
 
     def _publish_late(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
@@ -1140,23 +1140,11 @@ class RunExecutor:
         if name in self.wf.hooks:
             self._hooks.append((name, meta))
 
-    def _call_hook(self, name: str, meta: dict[str, Any], report: Callable[[NewEvent], None]) -> Any:
-        try:
-            return self.wf.hooks[name](HookContext(self.run_id, self.wf.name, self.input), meta)
-        except Exception as exc:  # a hook's bug is reported as an event; the run goes on
-            report(NewEvent("hook_failed", data={"hook": name, "error": mended(error_text(exc))}))
-            return None
-
     async def _run_hooks(self) -> None:
         """Hooks see committed state: they run after the round that triggered them."""
         pending, self._hooks = self._hooks, []
         for name, meta in pending:
-            result = self._call_hook(name, meta, self._late.append)
-            if inspect.isawaitable(result):
-                try:
-                    await result
-                except Exception as exc:  # same contract for async hooks
-                    self._late.append(NewEvent("hook_failed", data={"hook": name, "error": mended(error_text(exc))}))
+            await run_hook(self.wf, self.run_id, self.input, name, meta, self._late.append)
         if self._late and self.run_lc.state != "running":
             change = self._change()
             change.events.extend(self._late)
