@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from conftest import run_here, workflow_path
+from conftest import TEST_WORKFLOWS, run_here, workflow_path
 from rich.console import Console
 
 DIAMOND = "iter_diamond"
@@ -212,3 +212,35 @@ def test_pruned_event_files_of_other_runs_stay(cli, db_url, output_dir):
     _prune(cli, "--older-than", "30d")
 
     assert stray.exists() and (output_dir / "results.jsonl").exists()
+
+
+def _family(cli: Any, store: Any) -> tuple[str, list[str]]:
+    """A run of tests/workflows/parent.py, and the ids of the four child runs it started."""
+    done = _ok(cli("run", workflow_path("parent"), STATEPIPE_WORKFLOWS_PATH=str(TEST_WORKFLOWS)))
+    parent = str(json.loads(done.stdout.splitlines()[0])["run_id"])
+    children = [c.id for c in store.snapshot(parent).child_runs]
+    assert len(children) == 4
+    return parent, children
+
+
+def test_prune_never_deletes_a_child_workflows_run_while_its_parent_stays(cli, store, db_url):
+    parent, children = _family(cli, store)
+    for child in children:
+        _age(db_url, child, 40)
+
+    done = _ok(cli("prune", "--older-than", "30d"))
+
+    assert "nothing to prune" in done.stderr
+    assert sorted(c.id for c in store.snapshot(parent).child_runs) == sorted(children)
+
+
+def test_prune_deletes_a_parent_with_its_child_workflows_runs_and_a_dry_run_counts_them(cli, store, db_url):
+    parent, children = _family(cli, store)
+    for run_id in (parent, *children):
+        _age(db_url, run_id, 40)
+
+    dry = _prune(cli, "--older-than", "30d", "--dry-run")
+    real = _prune(cli, "--older-than", "30d")
+
+    assert dry["runs"] == real["runs"] == 5
+    assert all(_rows(db_url, r) == dict.fromkeys(TABLES, 0) for r in (parent, *children))

@@ -895,7 +895,8 @@ class Store:
         """Delete the runs in `states` (finished ones: the caller checks) created and finished
         before `cutoff`, oldest first, with their steps, attempts, events and sent values,
         `batch` runs a transaction, each yielded once committed. `keep_last`: each workflow's
-        newest runs in `states`, that many, stay whatever their age.
+        newest runs in `states`, that many, stay whatever their age. A child workflow's run goes
+        with its parent when it is prunable too, never on its own while its parent stays.
 
         A run is locked while its batch deletes it, and one another transaction holds (a
         `resume` claiming it) is passed over; a run that wants an executor again (`requested`:
@@ -917,20 +918,30 @@ class Store:
             f"{'' if dry_run else ' RETURNING 1'})"
             for t, key in keys.items()
         )
+        prunable = (  # of runs `{r}`: what makes a run go, whoever its parent
+            "{r}.created_at < %(cutoff)s AND coalesce({r}.finished_at, {r}.created_at) < %(cutoff)s"
+            " AND {r}.state = ANY(%(states)s) AND {r}.requested IS NULL AND {r}.owner IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.workflow = {r}.workflow AND ({r}.created_at, {r}.id) >= (k.created_at, k.id))"
+        )
         query = (
-            "WITH kept AS (SELECT * FROM unnest(%(kept_wf)s::text[], %(kept_at)s::timestamptz[], %(kept_id)s::text[])"
+            "WITH RECURSIVE kept AS (SELECT * FROM unnest(%(kept_wf)s::text[], %(kept_at)s::timestamptz[], %(kept_id)s::text[])"
             "  AS k(workflow, created_at, id)),"
-            " doomed AS (SELECT r.id, r.created_at FROM statepipe.runs r"
-            "  WHERE r.created_at < %(cutoff)s AND coalesce(r.finished_at, r.created_at) < %(cutoff)s"
-            "   AND r.state = ANY(%(states)s) AND r.requested IS NULL AND r.owner IS NULL"
+            # a batch is `batch` runs with no parent left, and the child workflows' runs below
+            # them that are prunable too: a child never goes before its parent, so no parent
+            # loses a link, and a dry run counts what a real one deletes
+            " roots AS (SELECT r.id, r.created_at FROM statepipe.runs r WHERE " + prunable.format(r="r") +
+            "   AND (r.parent_run IS NULL OR NOT EXISTS (SELECT 1 FROM statepipe.runs p WHERE p.id = r.parent_run))"
             # the first condition alone is what the created_at index can use
             "   AND (%(at)s::timestamptz IS NULL OR r.created_at >= %(at)s AND (r.created_at, r.id) > (%(at)s, %(last)s::text))"
-            "   AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.workflow = r.workflow AND (r.created_at, r.id) >= (k.created_at, k.id))"
             f"  ORDER BY r.created_at, r.id LIMIT %(batch)s{'' if dry_run else ' FOR UPDATE SKIP LOCKED'}),"
+            " tree AS (SELECT id FROM roots UNION ALL SELECT c.id FROM tree t JOIN statepipe.runs c ON c.parent_run = t.id"
+            "  WHERE " + prunable.format(r="c") + "),"
+            f" doomed AS (SELECT id, created_at FROM statepipe.runs WHERE id IN (SELECT id FROM tree)"
+            f"{'' if dry_run else ' FOR UPDATE SKIP LOCKED'}),"
             " files AS (SELECT d.id, d.created_at, e.data->>'output_dir' AS dir FROM doomed d"
             "  LEFT JOIN statepipe.events e ON e.run_id = d.id AND e.seq = 1 AND e.type = 'run_created'), "
             + removed
-            + " SELECT f.id, f.created_at, f.dir, "
+            + " SELECT f.id, f.created_at, f.dir, f.id IN (SELECT id FROM roots), "
             + ", ".join(f"(SELECT count(*) FROM {t})" for t in tables)
             + " FROM files f ORDER BY f.created_at, f.id"
         )
@@ -943,8 +954,8 @@ class Store:
                 rows = conn.execute(query, params).fetchall()
             if not rows:
                 return
-            params["at"], params["last"] = rows[-1][1], rows[-1][0]
-            counts = {t: int(n) for t, n in zip(tables, rows[0][3:])}
+            params["at"], params["last"] = max((r[1], r[0]) for r in rows if r[3])  # the batches go by roots
+            counts = {t: int(n) for t, n in zip(tables, rows[0][4:])}
             yield Pruned([(r[0], r[2]) for r in rows], {"runs": len(rows), **counts})
 
     def table_sizes(self) -> dict[str, Any]:
