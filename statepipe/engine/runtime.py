@@ -407,6 +407,7 @@ class Runtime:
         handed: set[str] = set()  # active runs whose releasing commit is queued: slot handed on
         refills: list[asyncio.Future[list[Claim]]] = []  # claims riding with those commits
         finished = 0
+        unfinished = False  # a run ended here unfinished (waiting, say) since the last claim began
 
         def request(limit: int) -> ClaimRequest:
             # not the runs it executes either: their lease may have lapsed while the database
@@ -425,12 +426,14 @@ class Runtime:
             task.add_done_callback(ended)
 
         def ended(task: asyncio.Task[Outcome]) -> None:
-            nonlocal finished
+            nonlocal finished, unfinished
             if active.get(task.get_name()) is task:  # not a later claim of the same run
                 del active[task.get_name()]
                 handed.discard(task.get_name())
             if not task.cancelled() and task.exception() is None and task.result().state in RUN_FINISHED:
                 finished += 1
+            else:
+                unfinished = True
             runnable.set()
 
         def refill(run_id: str, change: Change) -> asyncio.Future[list[Event]] | None:
@@ -460,6 +463,7 @@ class Runtime:
         try:
             while not self._stopping:
                 runnable.clear()  # before claiming: a run released meanwhile sets it again
+                unfinished = False
                 claimed: list[Claim] = []
                 try:
                     if free() > 0 and time.monotonic() >= next_orphans:
@@ -473,9 +477,9 @@ class Runtime:
                     log.warning("cannot claim runs: %s", exc)
                 for claim in claimed:
                     start(claim.run.id, claim.run.fencing_token, claim)
-                # set meanwhile: a run ended while this claim passed it over as active, say,
-                # and may be claimable now (a parent its last child woke)
-                if until_idle and not active and not claimed and not refills and not runnable.is_set():
+                # `unfinished`: a run ended while this claim passed it over as active, and may
+                # be claimable now (a parent its last child woke): claim once more
+                if until_idle and not active and not claimed and not refills and not unfinished:
                     break
                 # a slot freeing up or a notice sets it; with room for more, poll as well
                 await _until(runnable, poll if free() > 0 else None)
