@@ -25,7 +25,9 @@ from statepipe.store.store import Store, ensure_schema
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_WORKFLOWS = Path(__file__).resolve().parent / "workflows"
-TEMPLATE = "statepipe_test_template"
+# one per test process (pytest-xdist's gw0, gw1...): on a shared STATEPIPE_DATABASE_URL server
+# each process drops and makes its own
+TEMPLATE = f"statepipe_test_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -246,6 +248,22 @@ def spawn(cli: CLI) -> Iterator[Any]:
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def gone_from_postgres(pid: int, timeout: float = 30) -> None:
+    """Wait until the test's database has no backend left of the statepipe process `pid` (killed):
+    a commit it sent just before its kill -9 is still carried out by the server, so a snapshot
+    taken before its backend ends may show an instant the crash did not leave."""
+    url = os.environ.get("STATEPIPE_DATABASE_URL")
+    if url is None:  # a test with no database of its own
+        return
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (f"statepipe {pid}",)
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, f"process {pid}'s connections outlived it by {timeout} s"
+            time.sleep(0.01)
 
 
 def error_message(done: subprocess.CompletedProcess[str] | str) -> str:

@@ -19,7 +19,7 @@ import signal
 from typing import Any
 
 import pytest
-from conftest import EventReader, is_event, workflow_path
+from conftest import EventReader, gone_from_postgres, is_event, workflow_path
 
 CRASHY = workflow_path("crashy")
 ARGS = ("run", CRASHY, "-i", "pause=0.3")
@@ -70,6 +70,7 @@ def _kill_at(spawn: Any, point: Any) -> tuple[str, EventReader]:
     reader.until(point, timeout=60)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
+    gone_from_postgres(proc.pid)
     return run_id, reader
 
 

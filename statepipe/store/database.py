@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -127,9 +128,14 @@ def open_store(url: str | None, *, max_size: int = 4, timeout: float | None = No
     schema; then keep that connection (max_size=1) or hand out pooled ones. Every connection
     speaks UTF-8, whatever the database's encoding: outputs and event data are sent as UTF-8 JSON
     text, which the server converts (a SQL_ASCII or LATIN1 database would otherwise have the
-    client refuse the first non-ASCII character)."""
+    client refuse the first non-ASCII character). Each is named `statepipe PID` in
+    pg_stat_activity (unless the URL or PGAPPNAME names it), so whose a backend is can be told."""
     try:
-        conninfo = psycopg.conninfo.make_conninfo(resolve_url(url), client_encoding="UTF8")
+        resolved = resolve_url(url)
+        named = "application_name" in psycopg.conninfo.conninfo_to_dict(resolved) or "PGAPPNAME" in os.environ
+        conninfo = psycopg.conninfo.make_conninfo(
+            resolved, client_encoding="UTF8", **({} if named else {"application_name": f"statepipe {os.getpid()}"})
+        )
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid database URL: {first_line(exc)}") from exc
     try:
