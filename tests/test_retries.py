@@ -341,3 +341,30 @@ def test_hooks_are_called_and_a_failing_hook_is_an_event_while_the_run_succeeds(
     assert types.index("run_succeeded") < types.index("hook_failed")
     assert [e.type for e in stored_events(store, run_id)].count("run_succeeded") == 1
     assert store.get_run(run_id).state == "succeeded"
+
+
+def test_an_async_on_progress_hook_is_awaited_for_every_report_before_the_run_ends(cli, store, tmp_path):
+    """Progress is reported from the step's thread; an async hook runs on the engine's loop (it
+    was called and its coroutine dropped), its failure reported as any hook's is."""
+    log, flow = tmp_path / "progress.txt", tmp_path / "async_progress.py"
+    flow.write_text(
+        "import asyncio\n"
+        "from statepipe import Workflow\n"
+        "async def seen(ctx, meta):\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    if meta['message'] == 'boom':\n"
+        "        raise RuntimeError('the hook broke')\n"
+        "    with open(ctx.input['log'], 'a') as f:\n"
+        "        f.write(meta['message'] + '\\n')\n"
+        "wf = Workflow('async_progress', extra_inputs=True, on_progress=seen)\n"
+        "@wf.step\n"
+        "def work(ctx) -> int:\n"
+        "    for message in ('one', 'two', 'boom'):\n"
+        "        ctx.progress(message)\n"
+        "    return 1\n"
+    )
+    run_id, _, done = run_workflow(cli, str(flow), f"log={log}")
+    assert done.returncode == 0 and "never awaited" not in done.stderr, done.stderr
+    assert sorted(log.read_text().split()) == ["one", "two"]
+    failed = [e.data for e in stored_events(store, run_id) if e.type == "hook_failed"]
+    assert failed == [{"hook": "on_progress", "error": "RuntimeError: the hook broke"}]

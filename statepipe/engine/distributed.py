@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
-from statepipe.engine.hooks import call_hook, run_hook
+from statepipe.engine.hooks import run_hook, start_hook
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS
 from statepipe.engine.steps import StepState, abandoned, cancelled, record_attempt, retrying
@@ -54,6 +55,7 @@ class _Held:
     ctx: StepContext | None = None
     stop: str | None = None  # why it is being stopped: a run request (STOPS), or "lost"
     began: float = field(default_factory=time.monotonic)
+    hooks: list[Future[None]] = field(default_factory=list)  # its async on_progress hooks, started
 
     def interrupt(self, why: str) -> None:
         if self.stop is None:
@@ -76,6 +78,7 @@ class ChildRunner:
         self.held: dict[tuple[str, str, str], _Held] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()  # made by a running engine; async on_progress hooks run on it
         self._closed = False
         self._inputs: dict[tuple[str, str, int], asyncio.Future[dict[str, Any]]] = {}
 
@@ -206,7 +209,7 @@ class ChildRunner:
         start = Change(c.run_id, None, [], claims=[replace(held.hold, start=True)])
         if st.state == "running" and not await self._died(held, st, start, wf.abandon_limit(step)):
             await writer.committed(replace(start, claims=[replace(held.hold, release=True)]))
-            await self._hook(c, wf, "on_error", st, error=st.error)
+            await self._hook(held, wf, "on_error", st, error=st.error)
             return
         previous = st.error
         st.lc.send("start")
@@ -217,7 +220,7 @@ class ChildRunner:
         await writer.committed(start)
 
         held.ctx = st.ctx = StepContext(
-            c.run_id, c.name, c.item, st.attempt, c.input, partial(self._publish, c, wf),
+            c.run_id, c.name, c.item, st.attempt, c.input, partial(self._publish, held, wf),
             dry_run=c.dry_run, last_error=previous, feedback=c.feedback,
         )
         held.began = time.monotonic()
@@ -238,6 +241,8 @@ class ChildRunner:
                 error = StepInterrupted("stopped")
         except (Exception, AwaitingInput) as exc:  # AwaitingInput: a BaseException
             error = exc
+        if held.hooks:  # the attempt ends once what its progress started has
+            await asyncio.wait([asyncio.wrap_future(f) for f in held.hooks])
         if held.stop == "lost":
             return  # another claim holds it: nothing of this attempt is written
         st.ctx.flush_held()
@@ -261,7 +266,7 @@ class ChildRunner:
             hook = self._ended_badly(st, end, error, held.stop, wf)
         await writer.committed(end)
         if hook is not None:  # as the executor calls them: once what they report is committed
-            await self._hook(c, wf, hook[0], st, **hook[1])
+            await self._hook(held, wf, hook[0], st, **hook[1])
 
     def _ended_badly(
         self, st: StepState, end: Change, error: BaseException, stop: str | None, wf: Workflow
@@ -288,20 +293,23 @@ class ChildRunner:
         end.events.append(st.event("step_failed", error=failure.message, **failure.located, optional=st.step.optional))
         return "on_error", {"error": failure.message}
 
-    def _publish(self, c: ChildClaim, wf: Workflow, event: NewEvent) -> None:
+    def _publish(self, held: _Held, wf: Workflow, event: NewEvent) -> None:
         """What the child's context publishes (its progress, chunks, partial objects); a progress
         event calls the on_progress hook here, as the executor does for the steps it runs."""
+        c = held.claim
         self.runtime.writer.publish(Change(c.run_id, None, [event]))
         if event.type == "progress" and "on_progress" in wf.hooks:
             meta = {"step": event.step, "item": event.item, **event.data}
-            call_hook(wf, c.run_id, c.input, "on_progress", meta, partial(self._publish, c, wf))
+            running = start_hook(wf, c.run_id, c.input, "on_progress", meta, partial(self._publish, held, wf), self._loop)
+            if running is not None:
+                held.hooks.append(running)
 
-    async def _hook(self, c: ChildClaim, wf: Workflow, name: str, st: StepState, **meta: Any) -> None:
+    async def _hook(self, held: _Held, wf: Workflow, name: str, st: StepState, **meta: Any) -> None:
         """The child's on_retry or on_error hook, called on this worker (the run's owner counts
         its children, it does not see each one fail); a hook's failure goes to the run's log."""
         if name in wf.hooks:
             meta = {"step": st.name, "item": st.item_or_none, "attempt": st.attempt, **meta}
-            await run_hook(wf, c.run_id, c.input, name, meta, partial(self._publish, c, wf))
+            await run_hook(wf, held.claim.run_id, held.claim.input, name, meta, partial(self._publish, held, wf))
 
     async def _died(self, held: _Held, st: StepState, change: Change, limit: int) -> bool:
         """A child found running: the worker that held it died mid-attempt (its lease ran out).

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
-from statepipe.engine.hooks import call_hook, run_hook
+from statepipe.engine.hooks import run_hook, start_hook
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.engine.rerun import RerunPlan
@@ -125,6 +126,8 @@ class RunExecutor:
         self._interrupted = False
         self._hooks: list[tuple[str, dict[str, Any]]] = []
         self._late: list[NewEvent] = []  # events raised outside a round (hook failures)
+        self._loop: asyncio.AbstractEventLoop | None = None  # execute()'s: async on_progress hooks run on it
+        self._progress_hooks: set[Future[None]] = set()  # those still running: awaited before the run ends
         self._committing: list[StepState] = []  # steps whose outputs the next commit stores
         self._waiting: set[StepState] = set()  # steps (maybe) waiting for a retry: state checked on use
         self._awaiting: set[StepState] = set()  # steps (maybe) waiting for input: state checked on use
@@ -247,6 +250,7 @@ class RunExecutor:
     async def execute(self) -> str:
         """Run to an end; returns the run's final state (paused included), or "interrupted"
         when stopped early and left resumable."""
+        self._loop = asyncio.get_running_loop()
         change = self.reopening()
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
@@ -823,8 +827,12 @@ class RunExecutor:
     def _publish(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
         if event.type == "progress" and "on_progress" in self.wf.hooks:
+            assert self._loop is not None  # steps report only while execute() runs
             meta = {"step": event.step, "item": event.item, **event.data}
-            call_hook(self.wf, self.run_id, self.input, "on_progress", meta, self._publish_late)
+            running = start_hook(self.wf, self.run_id, self.input, "on_progress", meta, self._publish_late, self._loop)
+            if running is not None:
+                self._progress_hooks.add(running)
+                running.add_done_callback(self._progress_hooks.discard)
 
     def _publish_late(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
@@ -1143,6 +1151,8 @@ class RunExecutor:
     async def _run_hooks(self) -> None:
         """Hooks see committed state: they run after the round that triggered them."""
         pending, self._hooks = self._hooks, []
+        if self.run_lc.state != "running" and self._progress_hooks:  # its last: none is cut off with the process
+            await asyncio.wait([asyncio.wrap_future(f) for f in list(self._progress_hooks)])
         for name, meta in pending:
             await run_hook(self.wf, self.run_id, self.input, name, meta, self._late.append)
         if self._late and self.run_lc.state != "running":

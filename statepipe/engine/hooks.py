@@ -5,8 +5,10 @@ only it sees (that child's progress, retries and failure). A hook's error is rep
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from statepipe.engine.context import HookContext
@@ -36,10 +38,27 @@ async def run_hook(wf: Workflow, run_id: str, run_input: dict[str, Any], name: s
     """call_hook, and an async hook awaited under the same contract."""
     result = call_hook(wf, run_id, run_input, name, meta, report)
     if inspect.isawaitable(result):
-        try:
-            await result
-        except Exception as exc:
-            report(_failed(name, exc))
+        await _settled(result, name, report)
+
+
+def start_hook(
+    wf: Workflow, run_id: str, run_input: dict[str, Any], name: str, meta: dict[str, Any], report: Report,
+    loop: asyncio.AbstractEventLoop,
+) -> Future[None] | None:
+    """call_hook from any thread (a step reporting its progress calls on_progress from its own):
+    an async hook runs on `loop`, the engine's, rather than being dropped unawaited. Its future,
+    for the caller to wait on before the run (or the child) ends; None when there is nothing to wait for."""
+    result = call_hook(wf, run_id, run_input, name, meta, report)
+    if not inspect.isawaitable(result):
+        return None
+    return asyncio.run_coroutine_threadsafe(_settled(result, name, report), loop)
+
+
+async def _settled(result: Awaitable[Any], name: str, report: Report) -> None:
+    try:
+        await result
+    except Exception as exc:
+        report(_failed(name, exc))
 
 
 def _failed(name: str, exc: Exception) -> NewEvent:

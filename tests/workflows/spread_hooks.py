@@ -1,7 +1,9 @@
 """A distributed fan-out with hooks, for the distributed fan-out tests: each child reports its
 progress; with `fail` "flaky" item 1 fails its first attempt, with "broken" item 2 fails every
-attempt. Every hook call is appended to the file `hook_log` with the pid that made it."""
+attempt. Every hook call is appended to the file `hook_log` with the pid that made it; on_progress
+is an async hook."""
 
+import asyncio
 import json
 import os
 
@@ -16,11 +18,16 @@ def _log(name):
     return hook
 
 
+async def _progressed(ctx, meta):  # an async hook: awaited on the worker's loop, not dropped
+    await asyncio.sleep(0.01)
+    _log("on_progress")(ctx, meta)
+
+
 wf = Workflow(
     "spread_hooks",
     extra_inputs=True,  # hook_log is read by the hooks, by no step
     retry=RetryPolicy(max_attempts=2, initial_interval=0.05, backoff="fixed"),
-    on_progress=_log("on_progress"),
+    on_progress=_progressed,
     on_retry=_log("on_retry"),
     on_error=_log("on_error"),
 )
