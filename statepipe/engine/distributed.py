@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
-from statepipe.engine.hooks import run_hook, start_hook
+from statepipe.engine.hooks import run_hook, settle, start_hook
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS
 from statepipe.engine.steps import StepState, abandoned, cancelled, record_attempt, retrying
@@ -55,7 +55,7 @@ class _Held:
     ctx: StepContext | None = None
     stop: str | None = None  # why it is being stopped: a run request (STOPS), or "lost"
     began: float = field(default_factory=time.monotonic)
-    hooks: list[Future[None]] = field(default_factory=list)  # its async on_progress hooks, started
+    hooks: set[Future[None]] = field(default_factory=set)  # its async on_progress hooks still running
 
     def interrupt(self, why: str) -> None:
         if self.stop is None:
@@ -241,8 +241,7 @@ class ChildRunner:
                 error = StepInterrupted("stopped")
         except (Exception, AwaitingInput) as exc:  # AwaitingInput: a BaseException
             error = exc
-        if held.hooks:  # the attempt ends once what its progress started has
-            await asyncio.wait([asyncio.wrap_future(f) for f in held.hooks])
+        await settle(held.hooks)  # the attempt ends once what its progress started has
         if held.stop == "lost":
             return  # another claim holds it: nothing of this attempt is written
         st.ctx.flush_held()
@@ -300,9 +299,7 @@ class ChildRunner:
         self.runtime.writer.publish(Change(c.run_id, None, [event]))
         if event.type == "progress" and "on_progress" in wf.hooks:
             meta = {"step": event.step, "item": event.item, **event.data}
-            running = start_hook(wf, c.run_id, c.input, "on_progress", meta, partial(self._publish, held, wf), self._loop)
-            if running is not None:
-                held.hooks.append(running)
+            start_hook(wf, c.run_id, c.input, "on_progress", meta, partial(self._publish, held, wf), self._loop, held.hooks)
 
     async def _hook(self, held: _Held, wf: Workflow, name: str, st: StepState, **meta: Any) -> None:
         """The child's on_retry or on_error hook, called on this worker (the run's owner counts

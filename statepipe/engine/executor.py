@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from statepipe.definition.workflow import Step, Workflow
 from statepipe.engine.attempt import DIED, call, died_in_row, judge, step_kwargs
 from statepipe.engine.context import StepContext, StepInterrupted
-from statepipe.engine.hooks import run_hook, start_hook
+from statepipe.engine.hooks import run_hook, settle, start_hook
 from statepipe.engine.outputs import encode, summarize
 from statepipe.engine.requests import CANCEL_REQUESTS, PAUSE_REQUESTS, RETRY_REQUEST
 from statepipe.engine.rerun import RerunPlan
@@ -829,10 +829,7 @@ class RunExecutor:
         if event.type == "progress" and "on_progress" in self.wf.hooks:
             assert self._loop is not None  # steps report only while execute() runs
             meta = {"step": event.step, "item": event.item, **event.data}
-            running = start_hook(self.wf, self.run_id, self.input, "on_progress", meta, self._publish_late, self._loop)
-            if running is not None:
-                self._progress_hooks.add(running)
-                running.add_done_callback(self._progress_hooks.discard)
+            start_hook(self.wf, self.run_id, self.input, "on_progress", meta, self._publish_late, self._loop, self._progress_hooks)
 
     def _publish_late(self, event: NewEvent) -> None:
         self.runtime.writer.publish(Change(self.run_id, self.fence, [event]))
@@ -1151,8 +1148,8 @@ class RunExecutor:
     async def _run_hooks(self) -> None:
         """Hooks see committed state: they run after the round that triggered them."""
         pending, self._hooks = self._hooks, []
-        if self.run_lc.state != "running" and self._progress_hooks:  # its last: none is cut off with the process
-            await asyncio.wait([asyncio.wrap_future(f) for f in list(self._progress_hooks)])
+        if self.run_lc.state != "running":  # its last: none is cut off with the process
+            await settle(self._progress_hooks)
         for name, meta in pending:
             await run_hook(self.wf, self.run_id, self.input, name, meta, self._late.append)
         if self._late and self.run_lc.state != "running":

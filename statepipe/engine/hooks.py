@@ -43,15 +43,22 @@ async def run_hook(wf: Workflow, run_id: str, run_input: dict[str, Any], name: s
 
 def start_hook(
     wf: Workflow, run_id: str, run_input: dict[str, Any], name: str, meta: dict[str, Any], report: Report,
-    loop: asyncio.AbstractEventLoop,
-) -> Future[None] | None:
+    loop: asyncio.AbstractEventLoop, running: set[Future[None]],
+) -> None:
     """call_hook from any thread (a step reporting its progress calls on_progress from its own):
-    an async hook runs on `loop`, the engine's, rather than being dropped unawaited. Its future,
-    for the caller to wait on before the run (or the child) ends; None when there is nothing to wait for."""
+    an async hook runs on `loop`, the engine's, rather than being dropped unawaited, and stays in
+    `running` until it is done (see settle)."""
     result = call_hook(wf, run_id, run_input, name, meta, report)
-    if not inspect.isawaitable(result):
-        return None
-    return asyncio.run_coroutine_threadsafe(_settled(result, name, report), loop)
+    if inspect.isawaitable(result):
+        started = asyncio.run_coroutine_threadsafe(_settled(result, name, report), loop)
+        running.add(started)
+        started.add_done_callback(running.discard)
+
+
+async def settle(running: set[Future[None]]) -> None:
+    """Wait for the hooks start_hook left running: before a run, or a child's attempt, ends."""
+    if running:
+        await asyncio.wait([asyncio.wrap_future(f) for f in list(running)])
 
 
 async def _settled(result: Awaitable[Any], name: str, report: Report) -> None:
