@@ -250,6 +250,13 @@ def spawn(cli: CLI) -> Iterator[Any]:
             proc.stderr.close()
 
 
+def kill9(proc: subprocess.Popen[str]) -> None:
+    """kill -9 the process, reap it, and wait for what it had sent PostgreSQL to be done with."""
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    gone_from_postgres(proc.pid)
+
+
 def gone_from_postgres(pid: int, timeout: float = 30) -> None:
     """Wait until the test's database has no backend left of the statepipe process `pid` (killed):
     a commit it sent just before its kill -9 is still carried out by the server, so a snapshot

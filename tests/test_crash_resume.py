@@ -14,12 +14,11 @@ concurrency 3) -> join -> final, each step taking `pause` seconds while streamin
 from __future__ import annotations
 
 import json
-import os
 import signal
 from typing import Any
 
 import pytest
-from conftest import EventReader, gone_from_postgres, is_event, workflow_path
+from conftest import EventReader, is_event, kill9, workflow_path
 
 CRASHY = workflow_path("crashy")
 ARGS = ("run", CRASHY, "-i", "pause=0.3")
@@ -68,9 +67,7 @@ def _kill_at(spawn: Any, point: Any) -> tuple[str, EventReader]:
     reader = EventReader(proc)
     run_id = reader.run_id
     reader.until(point, timeout=60)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=10) == -signal.SIGKILL
-    gone_from_postgres(proc.pid)
+    kill9(proc)
     return run_id, reader
 
 

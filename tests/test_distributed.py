@@ -41,6 +41,11 @@ def _under_way(store: Any, run_id: str, done: int) -> None:
     wait_for(lambda: sum(len(v) for v in _succeeded_attempts(store, run_id).values()) >= done, 60, f"{done} children done")
 
 
+def _reaches(store: Any, run_id: str, *states: str, timeout: float = 60) -> None:
+    """Wait until the run is in one of `states`."""
+    wait_for(lambda: store.get_run(run_id).state in states, timeout, f"the run to be {' or '.join(states)}", 0.2)
+
+
 def _stop(*workers: subprocess.Popen[str]) -> None:
     for w in workers:
         if w.poll() is None:
@@ -58,7 +63,7 @@ def test_three_workers_share_a_fan_out_and_one_killed_mid_way_loses_only_its_att
     victim = max(workers, key=lambda w: ran.count(str(w.pid)))  # one that is taking children
     assert_alive(*workers)
     kill9(victim)
-    wait_for(lambda: store.get_run(run_id).state in ("succeeded", "failed"), 120, "the run to end", 0.2)
+    _reaches(store, run_id, "succeeded", "failed", timeout=120)
     _stop(*[w for w in workers if w is not victim])
 
     assert store.get_run(run_id).state == "succeeded"
@@ -94,7 +99,7 @@ def test_a_worker_killed_mid_child_leaves_the_attempt_abandoned_and_another_work
         assert {a.worker.split(":")[1] for a in abandoned} == {str(first.pid)}  # the attempts the dead worker ran
     finally:
         assert cli("cancel", run_id).returncode == 0
-        wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)
+        _reaches(store, run_id, "cancelled")
         _stop(second)
 
 
@@ -150,7 +155,7 @@ def _most_at_once(store: Any, run_id: str, marks: Path) -> int:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        wait_for(lambda: store.get_run(run_id).state == "succeeded", 120, "the run to succeed", 0.2)
+        _reaches(store, run_id, "succeeded", timeout=120)
     finally:
         stop.set()
         watcher.join()
@@ -172,7 +177,7 @@ def test_cancel_stops_a_distributed_fan_out_and_no_child_starts_after_it(spawn, 
     run_id = _enqueue(cli, width=200, seconds=0.2)
     _under_way(store, run_id, 5)
     assert cli("cancel", run_id).returncode == 0
-    wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)
+    _reaches(store, run_id, "cancelled")
     states = [s.state for s in store.fanout_children(run_id, "square")]
     time.sleep(1.0)
     assert [s.state for s in store.fanout_children(run_id, "square")] == states  # nothing moves any more
@@ -186,10 +191,10 @@ def test_pause_waits_for_the_running_children_and_resume_finishes_the_fan_out(sp
     run_id = _enqueue(cli, width=60, seconds=0.1)
     _under_way(store, run_id, 5)
     assert cli("pause", run_id).returncode == 0
-    wait_for(lambda: store.get_run(run_id).state == "paused", 60, "the run to pause", 0.2)
+    _reaches(store, run_id, "paused")
     assert "running" not in {s.state for s in store.fanout_children(run_id, "square")}
     assert cli("resume", run_id, "--detach").returncode == 0
-    wait_for(lambda: store.get_run(run_id).state == "succeeded", 60, "the run to succeed", 0.2)
+    _reaches(store, run_id, "succeeded")
     _stop(worker)
     assert all(len(v) == 1 for v in _succeeded_attempts(store, run_id).values())
     assert store.results([run_id])[run_id]["count"] == 60
@@ -228,7 +233,7 @@ def test_the_runs_own_process_killed_mid_fan_out_is_taken_over_and_every_child_s
     run_id = store.list_runs(limit=1)[0].id
     _under_way(store, run_id, 40)
     kill9(owner)  # the run's owner, and the children it ran itself
-    wait_for(lambda: store.get_run(run_id).state == "succeeded", 120, "a worker to take the run over and end it", 0.2)
+    _reaches(store, run_id, "succeeded", timeout=120)
     _stop(*workers)
     done = _succeeded_attempts(store, run_id)
     assert sorted(done, key=int) == [str(i) for i in range(200)]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_distributed import FAST_LEASE, SPREAD, _enqueue, _stop, _succeeded_attempts
+from tests.test_distributed import FAST_LEASE, SPREAD, _enqueue, _reaches, _stop, _succeeded_attempts
 from tests.test_faults import kill9, wait_for
 
 
@@ -190,7 +190,7 @@ def test_a_cancel_after_an_optional_distributed_fan_out_failed_keeps_its_childre
     before = {item: s.state for item, s in _children(store, run_id).items()}
     assert sorted(before.values()) == ["failed"] + ["succeeded"] * 5, before
     assert cli("cancel", run_id).returncode == 0
-    wait_for(lambda: store.get_run(run_id).state == "cancelled", 60, "the run to be cancelled", 0.2)
+    _reaches(store, run_id, "cancelled")
     owner.wait(timeout=30)
     after = {item: s.state for item, s in _children(store, run_id).items()}
     assert after == before

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, EventReader, cli_env, error_message, gone_from_postgres, is_event, step_of, workflow_path
+from conftest import REPO, EventReader, cli_env, error_message, is_event, kill9, step_of, workflow_path
 
 from statepipe.errors import EXIT_INTERRUPTED, EXIT_RUN_CANCELLED, EXIT_RUN_FAILED
 from statepipe.store import embedded
@@ -131,13 +131,6 @@ def assert_alive(*procs: subprocess.Popen[str]) -> None:
     for p in procs:
         if p.poll() is not None:
             raise AssertionError(f"{' '.join(p.args[2:4])} exited {p.returncode}: {p.stderr.read()[-800:] if p.stderr else ''}")
-
-
-def kill9(proc: subprocess.Popen[str]) -> None:
-    """kill -9 the process, reap it, and wait for what it had sent PostgreSQL to be done with."""
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=10) == -signal.SIGKILL
-    gone_from_postgres(proc.pid)
 
 
 def start_run(spawn: Any, *options: str, **inputs: Any) -> tuple[subprocess.Popen[str], EventReader, str]:
