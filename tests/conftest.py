@@ -250,7 +250,7 @@ def spawn(cli: CLI) -> Iterator[Any]:
             proc.stderr.close()
 
 
-def kill9(proc: subprocess.Popen[str]) -> None:
+def kill9(proc: subprocess.Popen[Any]) -> None:
     """kill -9 the process, reap it, and wait for what it had sent PostgreSQL to be done with."""
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import psycopg
-from conftest import EventReader, error_message, is_event, workflow_path
+from conftest import EventReader, error_message, is_event, kill9, workflow_path
 
 
 def _resumable_run(spawn: Any, store: Any) -> str:
@@ -22,8 +22,7 @@ def _resumable_run(spawn: Any, store: Any) -> str:
     reader = EventReader(proc)
     run_id = reader.run_id
     reader.until(is_event("step_started", "seed"), timeout=60)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill9(proc)
     assert store.get_run(run_id).state == "running"
     return run_id
 

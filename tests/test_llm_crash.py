@@ -8,13 +8,11 @@ first reply is slow; the process is killed once draft's tokens show up on its st
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import EventReader, is_event, workflow_path
+from conftest import EventReader, is_event, kill9, workflow_path
 from fake_openai import FakeOpenAI, Text
 
 SECTIONS = [{"title": "Moon", "words": 200}, {"title": "Sun", "words": 150}, {"title": "Coasts", "words": 250}]
@@ -45,8 +43,7 @@ def test_kill_9_mid_stream_then_resume_reruns_only_the_streaming_step(server, sp
     reader = EventReader(proc)
     run_id = reader.run_id
     reader.until(is_event("output", "draft"), timeout=60)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=10) == -signal.SIGKILL
+    kill9(proc)
     assert store.get_run(run_id).state == "running"  # nobody finished it
     assert server.pending("fake-draft") == 1  # the slow reply was being streamed when the process died
 

@@ -9,14 +9,12 @@ The workflows are in tests/workflows/policies.py, one small workflow per feature
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import EventReader, is_event, workflow_path
+from conftest import EventReader, is_event, kill9, workflow_path
 
 from statepipe.definition.policy import RetryPolicy
 from statepipe.errors import EXIT_RUN_FAILED
@@ -110,8 +108,7 @@ def test_failed_attempts_and_the_retry_wait_are_persisted_and_a_kill_9_during_th
     assert 2.95 <= gap <= 3.05, gap
 
     next_at = fetch.next_attempt_at
-    os.kill(proc.pid, signal.SIGKILL)  # crash in the middle of the wait
-    assert proc.wait(timeout=10) == -signal.SIGKILL
+    kill9(proc)  # crash in the middle of the wait
     killed = store.snapshot(run_id)
     assert step_row(killed, "fetch").state == "waiting"
     assert step_row(killed, "fetch").next_attempt_at == next_at
@@ -141,8 +138,7 @@ def test_a_kill_9_during_the_last_wait_grants_no_extra_attempt(spawn, cli, store
     reader = EventReader(proc)
     run_id = reader.run_id
     reader.until(is_event("step_retrying", "fetch"), timeout=60)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill9(proc)
 
     resumed = cli("resume", run_id)
     assert resumed.returncode == EXIT_RUN_FAILED, resumed.stderr

@@ -5,13 +5,11 @@ in the default suite)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 
 import psycopg
-from conftest import REPO, cli_env, workflow_path
+from conftest import REPO, cli_env, kill9, workflow_path
 
 
 def _succeeded_children(conn: psycopg.Connection, run_id: str) -> int:
@@ -37,8 +35,7 @@ def test_kill_9_mid_fan_out_then_resume_runs_every_child_exactly_once(cli, db_ur
                 if run_id and _succeeded_children(conn, run_id) >= width // 4:
                     break
                 time.sleep(0.02)
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=10) == -signal.SIGKILL
+            kill9(proc)
             assert run_id is not None
             at_kill = _succeeded_children(conn, run_id)
     finally:
